@@ -143,7 +143,14 @@ def read_csv_rows(path: str | os.PathLike, required: Sequence[str], what: str = 
                 f"{path} lacks column(s) {', '.join(missing)} (has: {', '.join(columns) or 'nothing'}); "
                 f"expected {','.join(required)}"
             )
-        return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+        rows = []
+        for row in reader:
+            if None in row:  # DictReader puts cells beyond the header under the key None
+                raise UserError(
+                    f"{path} line {reader.line_num} has more cells than the header ({len(columns)}); fix that row"
+                )
+            rows.append({k.strip(): (v or "").strip() for k, v in row.items()})
+        return rows
 
 
 # --------------------------------------------------------------------------- devices, seeds

@@ -1,0 +1,410 @@
+"""Tests for dataset.py: labels, tables and their quirks, label fixes, folds, images, cache, CLI."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_tiny_dataset
+from PIL import Image
+
+import dataset as ds
+from utils import UserError, run_main
+
+REPO = Path(__file__).resolve().parent.parent
+SIZE = (32, 24)  # (H, W) of the tiny images
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny") / "data", n_persons=8, n_eval=6)
+
+
+def fake_persons(n: int, seed: int = 0) -> list[ds.Person]:
+    rng = np.random.default_rng(seed)
+    ages = rng.choice([20, 25, 35, 45, 55, 62, 70], size=n)
+    genders = rng.choice(["male", "female"], size=n)
+    return [
+        ds.Person(f"{i:06d}", str(g), "Asian", int(a), f"{i:06d}_{g}_Asian_{a}")
+        for i, (g, a) in enumerate(zip(genders, ages))
+    ]
+
+
+# --------------------------------------------------------------------------- labels
+def test_label_round_trip_all_classes():
+    for c in range(18):
+        m, g, a = ds.decode_label(c)
+        assert (m, g, a) == (c // 6, (c // 3) % 2, c % 3)
+        assert ds.encode_label(m, g, a) == c
+    assert ds.encode_label(ds.Mask.INCORRECT, ds.Gender.FEMALE, ds.AgeGroup.OLD) == 11
+    labels = np.arange(18)
+    assert np.array_equal(ds.encode_label(*ds.decode_label(labels)), labels)
+    with pytest.raises(ValueError):
+        ds.decode_label(18)
+    with pytest.raises(ValueError):
+        ds.encode_label(3, 0, 0)
+
+
+def test_class_names():
+    names = ds.class_names()
+    assert len(names) == ds.NUM_CLASSES == len(set(names))
+    assert names[0] == "wear/male/<30"
+    assert names[ds.encode_label(1, 1, 1)] == "incorrect/female/30-59"
+    assert names[ds.encode_label(2, 0, 2)] == "not_wear/male/>=60"
+    assert ds.class_names(58)[2] == "wear/male/>=58"
+    assert sum(ds.HEAD_SIZES) == 8
+
+
+def test_age_group_thresholds():
+    assert [ds.age_group(a) for a in (29, 30, 59, 60)] == [0, 1, 1, 2]
+    assert [ds.age_group(a, old_threshold=58) for a in (29, 30, 57, 58, 59)] == [0, 1, 1, 2, 2]
+    assert ds.age_group(np.array([29, 30, 59, 60])).tolist() == [0, 1, 1, 2]
+
+
+def test_mask_from_stem_and_names():
+    assert ds.mask_from_stem("mask3") == ds.Mask.WEAR
+    assert ds.mask_from_stem("incorrect_mask") == ds.Mask.INCORRECT
+    assert ds.mask_from_stem("NORMAL") == ds.Mask.NOT_WEAR
+    with pytest.raises(ValueError):
+        ds.mask_from_stem("mask6")
+    assert ds.is_image_name("a.JPG") and ds.is_image_name("b.jpeg") and ds.is_image_name("c.Png")
+    assert not ds.is_image_name("._mask1.jpg") and not ds.is_image_name("x.gif")
+
+
+def test_classification_metrics():
+    y = np.arange(18)
+    perfect = ds.classification_metrics(y, y)
+    assert perfect == {"f1": 1.0, "acc": 1.0, "f1_mask": 1.0, "f1_gender": 1.0, "f1_age": 1.0}
+    pred = y.copy()
+    pred[y // 6 == 1] -= 6  # every incorrect-mask image called "wear": gender and age still right
+    m = ds.classification_metrics(torch.from_numpy(y), pred)
+    assert m["acc"] == pytest.approx(12 / 18)
+    assert m["f1_gender"] == 1.0 and m["f1_age"] == 1.0 and m["f1_mask"] < 1.0
+    assert 0 < m["f1"] < 1
+
+
+# --------------------------------------------------------------------------- tables and quirks
+def test_read_persons_keeps_string_ids(tiny):
+    persons = ds.read_persons(tiny["data_dir"])
+    assert [p.id for p in persons] == [p["id"] for p in tiny["persons"]]
+    assert persons[0].id == "000001" and persons[1].id == "000002-1"
+    assert all(isinstance(p.age, int) for p in persons)
+
+
+def test_find_images_skips_junk_and_mixes_extensions(tiny):
+    folder = tiny["data_dir"] / "train" / "images" / tiny["persons"][1]["path"]
+    assert (folder / "._mask1.jpg").exists()
+    found = ds.find_images(folder)
+    assert sorted(found) == sorted(ds.REQUIRED_STEMS)
+    assert {p.suffix for p in found.values()} >= {".jpg", ".jpeg", ".png", ".JPG"}
+
+
+def test_build_image_table(tiny, capsys):
+    records = ds.build_image_table(tiny["data_dir"])
+    assert "label fixes: applied 0 fixes, 11 ids not present" in capsys.readouterr().out
+    assert len(records) == 7 * len(tiny["persons"])
+    assert [r.rel for r in records[:7]] == sorted(r.rel for r in records[:7])
+    assert [r.person_id for r in records[::7]] == [p["id"] for p in tiny["persons"]]
+    for r in records:
+        assert r.path.is_absolute() and r.path.is_file()
+        assert r.label() == tiny["labels"][r.rel]
+    old = next(r for r in records if r.age == 58)
+    assert ds.age_group(old.age) == 1 and old.label(58) == old.label() + 1
+
+
+def test_load_image_converts_gray_rgba_and_applies_exif(tiny):
+    root = tiny["data_dir"] / "train" / "images"
+    for rel in (tiny["gray_rel"], tiny["rgba_rel"]):
+        img = ds.load_image(root / rel)
+        assert img.dtype == torch.uint8 and img.shape == (3, *SIZE)
+    img = ds.load_image(root / tiny["exif_rel"]).int()
+    with Image.open(root / tiny["exif_rel"]) as raw:
+        assert raw.size == (32, 24)  # stored sideways
+    assert img.shape == (3, *SIZE)  # loaded upright
+    top_right, top_left = img[:, 2, SIZE[1] - 3], img[:, 2, 2]
+    assert top_right[0] > 200 and top_right[1] < 60, "the red corner block must end up top-right"
+    assert top_left[0] < 200
+
+
+def test_load_image_drafts_large_jpegs(tmp_path):
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", (384, 512), (10, 200, 30)).save(path)
+    assert ds.load_image(path).shape == (3, 512, 384)
+    assert ds.load_image(path, (64, 48)).shape == (3, 128, 96)  # decoded at 1/4 scale, still 2x the target
+    assert ds.load_image(path, (224, 224)).shape == (3, 512, 384)  # not much smaller: full decode
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all", "truncated"])
+def test_load_image_corrupt_names_path(tmp_path, content):
+    path = tmp_path / "mask1.jpg"
+    if content == "truncated":
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 48, 3), dtype=np.uint8)).save(path)
+        content = path.read_bytes()[:300]
+    path.write_bytes(content)
+    with pytest.raises(UserError, match="cannot read image .*mask1.jpg"):
+        ds.load_image(path)
+
+
+def _write_train_csv(data_dir: Path, rows: list[list[str]]) -> None:
+    with open(data_dir / "train" / "train.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["id", "gender", "race", "age", "path"], *rows])
+
+
+def test_read_persons_lists_every_bad_row(tmp_path):
+    info = make_tiny_dataset(tmp_path / "data", n_persons=3, n_eval=1, quirks=False)
+    data_dir = info["data_dir"]
+    good = [[p["id"], p["gender"], p["race"], str(p["age"]), p["path"]] for p in info["persons"]]
+    (data_dir / "train" / "images" / good[2][4] / "mask3.jpg").unlink()
+    _write_train_csv(
+        data_dir,
+        [
+            good[0],
+            [good[0][0], *good[1][1:]],  # line 3: duplicate id
+            ["000010", "M", "Asian", "abc", good[1][4]],  # line 4: bad gender and age
+            ["000011", "male", "Asian", "40", "../../etc"],  # line 5: path escapes
+            ["000012", "male", "Asian", "40", "nope"],  # line 6: folder missing
+            good[2],  # line 7: folder lacks mask3
+            ["000013", "female", "Asian"],  # line 8: missing columns
+        ],
+    )
+    with pytest.raises(UserError) as err:
+        ds.read_persons(data_dir)
+    msg = str(err.value)
+    assert "6 bad row(s)" in msg and "fix:" in msg
+    for expected in (
+        "line 3 (id 000001): id 000001 already used on line 2",
+        "line 4 (id 000010): gender 'M' is not male/female; age 'abc' is not a whole number",
+        "line 5",
+        "points outside",
+        "line 6",
+        "does not exist",
+        "line 7",
+        "lacks mask3",
+        "line 8 (id 000013): missing age, path",
+    ):
+        assert expected in msg
+    assert "line 2 (" not in msg  # the good row is not listed
+
+
+def test_resolve_image_dir_prefers_finished_crops(tmp_path):
+    info = make_tiny_dataset(tmp_path / "data", n_persons=2, n_eval=2, quirks=False)
+    train = info["data_dir"] / "train"
+    assert ds.resolve_image_dir(info["data_dir"], "train") == train / "images"
+    with pytest.raises(UserError, match="crop"):
+        ds.resolve_image_dir(info["data_dir"], "train", "crops")
+    for src in (train / "images").rglob("*.jpg"):
+        dst = train / "crops" / src.relative_to(train / "images")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(src.read_bytes())
+    assert ds.resolve_image_dir(info["data_dir"], "train") == train / "images"  # no manifest yet: unfinished
+    (train / "crops_manifest.csv").write_text("rel\n")
+    assert ds.resolve_image_dir(info["data_dir"], "train") == train / "crops"
+    assert ds.resolve_image_dir(info["data_dir"], "train", "images") == train / "images"
+    records = ds.build_image_table(info["data_dir"], log=None)
+    assert all("/crops/" in str(r.path) for r in records)
+    with pytest.raises(UserError, match="unknown --image-dir"):
+        ds.resolve_image_dir(info["data_dir"], "train", "faces")
+
+
+# --------------------------------------------------------------------------- label fixes
+def test_repo_label_fixes_file():
+    fixes = ds.read_label_fixes()
+    assert len(fixes) == 11 and len({f.id for f in fixes}) == 11
+    assert {f.field for f in fixes} == {"gender", "mask_swap"}
+    assert ds.Fix("001498-1", "gender", "female") in fixes
+    assert ds.Fix("000020", "mask_swap", "incorrect_mask<->normal") in fixes
+
+
+def test_label_fixes_applied(tmp_path):
+    persons = [("006359", "female", 25), ("001498-1", "male", 45), ("000020", "female", 62), ("000042", "male", 33)]
+    info = make_tiny_dataset(tmp_path / "data", persons=persons, n_eval=1, quirks=False)
+    lines = []
+    records = ds.build_image_table(info["data_dir"], log=lines.append)
+    assert lines == ["label fixes: applied 3 fixes, 8 ids not present (006360, 006361, 006362, 006363, 006364, ...)"]
+    by_rel = {r.rel: r for r in records}
+    for r in records:
+        raw = info["labels"][r.rel]
+        if r.person_id in ("006359", "001498-1"):
+            assert r.gender == 1 - ds.decode_label(raw)[1]  # gender flipped
+        elif r.person_id == "000020":
+            stem = Path(r.rel).stem
+            expected = {"incorrect_mask": ds.Mask.NOT_WEAR, "normal": ds.Mask.INCORRECT}.get(stem, ds.Mask.WEAR)
+            assert r.mask == expected
+        else:
+            assert r.label() == raw
+    raw = ds.build_image_table(info["data_dir"], label_fixes=None, log=lines.append)
+    assert lines[-1] == "label fixes: off"
+    assert all(r.label() == info["labels"][r.rel] for r in raw)
+    assert len(by_rel) == len(raw)
+
+    persons_fixed, records2 = ds.load_train(info["data_dir"], log=None)
+    assert [p.gender for p in persons_fixed] == ["male", "female", "female", "male"]
+    assert records2 == records
+
+
+def test_label_fixes_custom_file_and_errors(tmp_path):
+    good = tmp_path / "fixes.csv"
+    good.write_text("id,field,value\n# disputed: 001720\n000042,age,61\n000042,gender,MALE\n")
+    fixes = ds.read_label_fixes(good)
+    assert fixes == [ds.Fix("000042", "age", "61"), ds.Fix("000042", "gender", "male")]
+    persons = [ds.Person("000042", "male", "Asian", 33, "x")]
+    fixed, swapped, report = ds.apply_label_fixes(persons, fixes)
+    assert fixed[0].age == 61 and swapped == set()
+    assert report == "label fixes: applied 2 fixes, 0 ids not present; 1 already matched the data"
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text(
+        "id,field,value\n1,colour,red\n2,gender,x\n3,age,old\n4,mask_swap,mask1<->normal\n5,age,40\n5,age,41\n"
+    )
+    with pytest.raises(UserError) as err:
+        ds.read_label_fixes(bad)
+    msg = str(err.value)
+    assert "5 bad row(s)" in msg and "--no-label-fixes" in msg
+    for line in (2, 3, 4, 5, 7):
+        assert f"line {line}:" in msg
+    with pytest.raises(UserError, match="not found"):
+        ds.read_label_fixes(tmp_path / "missing.csv")
+
+
+# --------------------------------------------------------------------------- folds and splits
+def _group(p: ds.Person) -> int:
+    return ds.Gender[p.gender.upper()] * 3 + ds.age_group(p.age)
+
+
+def test_person_folds_properties():
+    persons = fake_persons(60)
+    folds = ds.person_folds(persons, n_folds=5, seed=42)
+    assert set(folds) == {p.id for p in persons}  # every person in exactly one valid fold
+    assert set(folds.values()) == set(range(5))
+    for k in range(5):
+        valid = {i for i, f in folds.items() if f == k}
+        train = {i for i, f in folds.items() if f != k}
+        assert valid and not valid & train
+    groups = {_group(p) for p in persons}
+    assert len(groups) == 6
+    for g in groups:
+        per_fold = [sum(1 for p in persons if _group(p) == g and folds[p.id] == k) for k in range(5)]
+        assert max(per_fold) - min(per_fold) <= 1, (g, per_fold)
+    assert ds.person_folds(persons, 5, seed=42) == folds
+    assert ds.person_folds(persons, 5, seed=7) != folds
+
+
+def test_person_folds_tiny_strata_merge_without_warning():
+    persons = fake_persons(9, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        folds = ds.person_folds(persons, n_folds=5, seed=0)
+    counts = np.bincount(list(folds.values()), minlength=5)
+    assert counts.min() >= 1 and counts.sum() == 9
+    with pytest.raises(UserError):
+        ds.person_folds(persons[:3], n_folds=5)
+
+
+def test_person_split():
+    persons = fake_persons(60)
+    train, valid = ds.person_split(persons, val_ratio=0.2, seed=1)
+    assert not train & valid and train | valid == {p.id for p in persons}
+    assert len(valid) == 12
+    assert ds.person_split(persons, 0.2, seed=1) == (train, valid)
+    train, valid = ds.person_split(fake_persons(3), val_ratio=0.2)  # too few to stratify
+    assert len(valid) == 1 and len(train) == 2
+
+
+# --------------------------------------------------------------------------- datasets, cache, eval table
+def test_train_dataset_and_cache_match(tiny, capsys):
+    records = ds.build_image_table(tiny["data_dir"], log=None)
+    transform = ds.eval_transform(SIZE)
+    plain = ds.TrainDataset(records, SIZE, transform)
+    cache = ds.ImageCache([r.path for r in records], SIZE, workers=2, progress=False)
+    assert "cache: 56 images at 32x24" in capsys.readouterr().out
+    assert cache.images.is_shared() and len(cache) == 56
+    cached = ds.TrainDataset(records, SIZE, transform, cache=cache)
+    assert np.array_equal(plain.labels, cached.labels) and plain.labels.dtype == np.int64
+    for i in (0, 3, 10, 55):
+        (a, la), (b, lb) = plain[i], cached[i]
+        assert la == lb == records[i].label()
+        assert a.dtype == torch.float32 and a.shape == (3, *SIZE)
+        assert torch.equal(a, b)
+    raw = ds.TrainDataset(records, SIZE, None, cache=cache)[0][0]
+    raw[:] = 0  # a returned image is a copy: the cache stays intact
+    assert cache.get(records[0].path).any()
+    with pytest.raises(ValueError):
+        ds.TrainDataset(records, (16, 12), transform, cache=cache)
+    loader = torch.utils.data.DataLoader(cached, batch_size=8, num_workers=1)
+    images, labels = next(iter(loader))
+    assert images.shape == (8, 3, *SIZE) and labels.tolist() == cached.labels[:8].tolist()
+
+
+def test_train_transform_shapes_and_resize(tiny):
+    records = ds.build_image_table(tiny["data_dir"], log=None)
+    size = (16, 12)
+    train = ds.TrainDataset(records, size, ds.train_transform(size, mean=(0.5,) * 3, std=(0.5,) * 3))
+    image, _ = train[0]
+    assert image.shape == (3, *size) and image.dtype == torch.float32
+    # train and eval see the same antialiased resize: without augmentation they agree exactly
+    flat = ds.train_transform(size, hflip=0, jitter=0, degrees=0, translate=0, scale=0)
+    img = ds.load_image(records[1].path, size)
+    assert torch.equal(flat(img), ds.eval_transform(size)(img))
+
+
+def test_eval_table_and_dataset(tiny):
+    table = ds.read_eval_table(tiny["data_dir"])
+    assert [image_id for image_id, _ in table] == tiny["eval_ids"]
+    assert all(path.is_file() for _, path in table)
+    eval_set = ds.EvalDataset([p for _, p in table], SIZE, ds.eval_transform(SIZE))
+    image, index = eval_set[4]
+    assert index == 4 and image.shape == (3, *SIZE)
+
+
+def test_eval_table_errors(tmp_path):
+    info = make_tiny_dataset(tmp_path / "data", n_persons=1, n_eval=3)
+    eval_dir = info["data_dir"] / "eval"
+    (eval_dir / "images" / info["eval_ids"][1]).unlink()
+    with pytest.raises(UserError, match=f"1 of 3 images .* missing .*{info['eval_ids'][1]}"):
+        ds.read_eval_table(info["data_dir"])
+    for p in (eval_dir / "images").iterdir():
+        if not p.name.startswith("._"):
+            p.unlink()
+    with pytest.raises(UserError, match="holds no"):
+        ds.read_eval_table(info["data_dir"])
+
+
+# --------------------------------------------------------------------------- CLI
+def test_cli_writes_folds(tiny, tmp_path):
+    out = tmp_path / "folds.csv"
+    proc = subprocess.run(
+        [sys.executable, "dataset.py", "--data-dir", str(tiny["data_dir"]), "--folds", "2", "--seed", "3"]
+        + ["--old-threshold", "58", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "persons per fold" in proc.stdout and "wear/male/<30" in proc.stdout and "label fixes:" in proc.stdout
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["id", "fold", "gender", "age", "age_group"]
+    assert [r["id"] for r in rows] == [p["id"] for p in tiny["persons"]]
+    assert {r["fold"] for r in rows} == {"0", "1"}
+    assert all(r["age_group"] == str(ds.age_group(int(r["age"]), 58)) for r in rows)
+    assert ds.read_folds(out) == {r["id"]: int(r["fold"]) for r in rows}
+
+
+def test_cli_default_output_and_user_error(tmp_path, capsys):
+    info = make_tiny_dataset(tmp_path / "data", n_persons=6, n_eval=1, quirks=False)
+    args = ds.get_args_parser().parse_args(["--data-dir", str(info["data_dir"]), "--folds", "3", "--no-label-fixes"])
+    assert ds.main(args) == 0
+    assert "label fixes: off" in capsys.readouterr().out
+    assert (info["data_dir"] / "train" / "folds.csv").is_file()
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: ds.main(ds.get_args_parser().parse_args(["--data-dir", str(tmp_path / "nowhere")])))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "--data-dir" in err
