@@ -1,0 +1,345 @@
+"""Predict the eval set with a trained run and write its submission, probabilities and metadata.
+
+python inference.py --run runs/r18 --tta flip --answers data/eval/answers.csv
+
+Everything needed to rebuild the model (name, head, image size, mean/std, classes, image dir) comes from
+the checkpoint, so no training flag is repeated and eval images get exactly the training resize.
+Writes into the run directory (atomically): ``submission.csv`` (ImageID,ans in info.csv order),
+``eval_probs.npy`` (float32 (N, 18), info.csv order; for multi-head models the product of the head
+softmaxes) and ``eval_meta.json`` (checkpoint, tta, image_dir, n, ids_sha1 and, with --answers, metrics).
+
+``--image-dir auto`` feeds the images the model was trained on (the checkpoint's meta image_dir);
+``images``/``crops`` override that. Unreadable images stop the run with the list of them; with
+``--allow-unreadable`` their rows get the mean probability vector of the readable rows (the model's
+average prediction on this eval set, i.e. an eval-set prior) and are listed in eval_meta.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import pickle
+import re
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+import dataset
+import model as models
+from ensemble import class_distribution, format_class_distribution, format_metrics, ids_sha1, metrics_of, read_answers
+from utils import UserError, atomic_save_npy, atomic_write_csv, atomic_write_json, resolve_device, run_main
+
+CHECKPOINT_FORMAT = "maskcls-checkpoint"
+REQUIRED_META = ("model", "head", "image_size", "mean", "std", "classes")
+MAX_LISTED = 10  # unreadable images named in the one-line error; eval_meta.json / the log get all of them
+
+
+# --------------------------------------------------------------------------- checkpoints
+class CorruptCheckpointError(UserError):
+    """The checkpoint file exists but cannot be read (truncated, not a torch file)."""
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a train.py checkpoint with ``weights_only=True`` (tensors and plain data only) and check its meta."""
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found; train the run first or pass --checkpoint PATH")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise CorruptCheckpointError(f"cannot read checkpoint {path}: corrupt ({_first_line(e)})") from None
+        found = re.search(r"Unsupported global: ([^.]*)", str(e))
+        what = f" ({found.group(1).strip()})" if found else ""
+        raise UserError(
+            f"refusing to load {path}: it contains pickled Python objects{what} that could run code; "
+            "only checkpoints written by train.py (tensors and plain data) are accepted"
+        ) from None
+    except Exception as e:  # torch raises RuntimeError/EOFError/KeyError/... depending on how the file is broken
+        raise CorruptCheckpointError(
+            f"cannot read checkpoint {path}: truncated or corrupt ({type(e).__name__}: {_first_line(e)}); "
+            "retrain or pick another with --checkpoint"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(
+            f"{path} is not a maskcls checkpoint (no format={CHECKPOINT_FORMAT!r}); pass one train.py wrote"
+        )
+    meta = ckpt.get("meta")
+    missing = [k for k in REQUIRED_META if not isinstance(meta, dict) or k not in meta]
+    if missing or "model_state" not in ckpt:
+        raise UserError(f"{path} lacks {', '.join(missing) or 'model_state'} in its checkpoint; retrain the run")
+    if (
+        len(meta["classes"]) != dataset.NUM_CLASSES
+        or meta.get("num_classes", dataset.NUM_CLASSES) != dataset.NUM_CLASSES
+    ):
+        raise UserError(f"{path} was not trained on the {dataset.NUM_CLASSES} competition classes; retrain the run")
+    return ckpt
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else "no details")[:300]
+
+
+def resolve_checkpoint(run: Path, choice: str) -> tuple[Path, dict]:
+    """``best``/``last``/PATH -> (path, checkpoint); a corrupt last.pt falls back to best.pt with a warning."""
+    if choice in ("best", "last"):
+        path = run / f"{choice}.pt"
+    else:
+        path = Path(choice)
+        if not path.exists() and (run / choice).exists():
+            path = run / choice
+    try:
+        return path, load_checkpoint(path)
+    except CorruptCheckpointError as e:
+        if choice != "last":
+            raise
+        print(f"warning: {e}; falling back to {run / 'best.pt'}", file=sys.stderr)
+        path = run / "best.pt"
+        return path, load_checkpoint(path)
+
+
+def build_model(ckpt: dict, path: Path, device: torch.device) -> torch.nn.Module:
+    meta = ckpt["meta"]
+    net = models.create_model(meta["model"], head=meta["head"], pretrained=False)
+    state = ckpt["model_state"]
+    for prefix in ("module.", "_orig_mod."):  # DDP / torch.compile wrappers, should a checkpoint still carry them
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise UserError(
+            f"{path}: its weights do not fit model {meta['model']} ({meta['head']} head): {_first_line(e)}"
+        ) from None
+    return net.to(device=device, memory_format=torch.channels_last).eval()
+
+
+# --------------------------------------------------------------------------- data
+class GuardedDataset(Dataset):
+    """EvalDataset that reports a failed image instead of raising inside a DataLoader worker.
+
+    A worker exception would surface as a multi-line worker traceback and abort the pass at the first bad
+    file; returning a placeholder plus the error lets the main process list *every* unreadable image at once.
+    """
+
+    def __init__(self, base: Dataset, shape: tuple[int, int, int]):
+        self.base, self.shape = base, shape
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        try:
+            image, _ = self.base[index]
+            return image, index, ""
+        except Exception as e:  # any decode/transform failure of one file must not lose the other rows
+            return torch.zeros(self.shape), index, _reason(e, self.base.paths[index])
+
+
+def _reason(e: Exception, path: Path) -> str:
+    """Why an image failed, without the path (the caller names it) or dataset.py's generic advice."""
+    text = _first_line(e) if isinstance(e, UserError) else f"{type(e).__name__}: {_first_line(e)}"
+    text = text.split(f"{path}: ", 1)[-1]
+    return text.split("; replace it", 1)[0]
+
+
+def choose_image_dir(data_dir: Path, requested: str, meta: dict) -> str:
+    """The eval image dir to feed: the checkpoint's own (``auto``) unless overridden."""
+    if requested != "auto":
+        return requested
+    trained_on = meta.get("image_dir")
+    if trained_on not in ("images", "crops"):
+        return "auto"  # an older checkpoint without the field: let the dataset pick
+    if trained_on == "crops" and not (data_dir / "eval" / "crops").is_dir():
+        raise UserError(
+            f"this model was trained on face crops but {data_dir / 'eval' / 'crops'} does not exist; run "
+            f"crop_faces.py --data-dir {data_dir} first (or force full images with --image-dir images)"
+        )
+    return trained_on
+
+
+@torch.inference_mode()
+def predict(
+    net: torch.nn.Module,
+    head: str,
+    paths: list[Path],
+    size: tuple[int, int],
+    mean: list[float],
+    std: list[float],
+    device: torch.device,
+    tta: str = "none",
+    batch_size: int = 64,
+    workers: int = 2,
+    amp: bool = False,
+) -> tuple[np.ndarray, dict[int, str], float]:
+    """(probabilities (N, 18) float32 in ``paths`` order, {row: error} of unreadable rows, images/s)."""
+    base = dataset.EvalDataset(paths, size, dataset.eval_transform(size, mean, std))
+    loader = DataLoader(
+        GuardedDataset(base, (3, *size)),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+    probs = np.zeros((len(paths), dataset.NUM_CLASSES), dtype=np.float32)
+    seen = np.zeros(len(paths), dtype=bool)
+    failed: dict[int, str] = {}
+    start = time.perf_counter()
+    with tqdm(total=len(paths), unit="img", desc="predict", dynamic_ncols=True) as bar, _worker_crash_as_user_error():
+        for images, index, errors in loader:
+            images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                p = models.logits_to_probs(net(images).float(), head)
+                if tta == "flip":
+                    p = (p + models.logits_to_probs(net(torch.flip(images, dims=[3])).float(), head)) / 2
+            index = index.numpy()
+            probs[index] = p.float().cpu().numpy()
+            seen[index] = True
+            failed.update({int(i): e for i, e in zip(index, errors) if e})
+            bar.update(len(index))
+    if not seen.all():  # cannot happen with shuffle=False; guards the "never drop a row" promise
+        raise RuntimeError(f"{int((~seen).sum())} rows were not predicted")
+    return probs, failed, len(paths) / max(time.perf_counter() - start, 1e-9)
+
+
+@contextlib.contextmanager
+def _worker_crash_as_user_error():
+    """A worker killed by a signal (a decoder crash, out of memory) gives no Python error to report per image."""
+    try:
+        yield
+    except RuntimeError as e:
+        if "DataLoader worker" not in str(e):
+            raise
+        raise UserError(
+            f"{_first_line(e)}; rerun with --workers 0 to see which image breaks the decoder, or lower --batch-size"
+        ) from None
+
+
+def fill_unreadable(probs: np.ndarray, failed: dict[int, str]) -> np.ndarray:
+    """Replace the rows of unreadable images by the mean probabilities of the readable rows."""
+    bad = np.array(sorted(failed), dtype=np.int64)
+    good = np.setdiff1d(np.arange(len(probs)), bad)
+    if len(good) == 0:
+        raise UserError("no eval image could be read; check --data-dir and the image files")
+    probs = probs.copy()
+    probs[bad] = probs[good].mean(axis=0)
+    return probs
+
+
+# --------------------------------------------------------------------------- CLI
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the option help, and the module docstring as written (its commands stay on their lines)."""
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--run", required=True, help="run directory written by train.py (outputs go here too)")
+    parser.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint PATH")
+    parser.add_argument("--data-dir", default="data", help="dataset root (holds eval/info.csv)")
+    parser.add_argument(
+        "--image-dir",
+        default="auto",
+        choices=("auto", "images", "crops"),
+        help="eval images to feed; auto = what the checkpoint was trained on",
+    )
+    parser.add_argument("--tta", default="none", choices=("none", "flip"), help="flip: average with the mirror image")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
+    parser.add_argument("--answers", default=None, help="ImageID,ans CSV: print and record metrics")
+    parser.add_argument(
+        "--allow-unreadable",
+        action="store_true",
+        help="predict unreadable images from the mean of the other rows instead of stopping",
+    )
+    return parser
+
+
+def main(args: argparse.Namespace) -> dict:
+    run, data_dir = Path(args.run), Path(args.data_dir)
+    if not run.is_dir():
+        raise UserError(f"run directory {run} does not exist; pass a directory train.py wrote")
+    if args.batch_size < 1 or args.workers < 0:
+        raise UserError("--batch-size must be >= 1 and --workers >= 0")
+    device = resolve_device(args.device)
+    ckpt_path, ckpt = resolve_checkpoint(run, args.checkpoint)
+    meta = ckpt["meta"]
+    image_dir = choose_image_dir(data_dir, args.image_dir, meta)
+    table = dataset.read_eval_table(data_dir, image_dir)
+    ids, paths = [t[0] for t in table], [Path(t[1]) for t in table]
+    y_true = read_answers(args.answers, ids) if args.answers else None  # fail before the long part
+
+    net = build_model(ckpt, ckpt_path, device)
+    size = (int(meta["image_size"][0]), int(meta["image_size"][1]))
+    used_dir = dataset.resolve_image_dir(data_dir, "eval", image_dir).name
+    print(
+        f"{ckpt_path}: {meta['model']} ({meta['head']} head, epoch {meta.get('epoch')}), {size[0]}x{size[1]}, "
+        f"{len(ids)} eval images from {used_dir}/, tta {args.tta}, device {device}"
+    )
+    probs, failed, speed = predict(
+        net,
+        meta["head"],
+        paths,
+        size,
+        meta["mean"],
+        meta["std"],
+        device,
+        args.tta,
+        args.batch_size,
+        args.workers,
+        args.amp,
+    )
+    unreadable = [{"ImageID": ids[i], "path": str(paths[i]), "error": failed[i]} for i in sorted(failed)]
+    if unreadable:
+        if not args.allow_unreadable:
+            listed = ", ".join(f"{u['path']} ({u['error']})" for u in unreadable[:MAX_LISTED])
+            more = f" and {len(unreadable) - MAX_LISTED} more" if len(unreadable) > MAX_LISTED else ""
+            raise UserError(
+                f"{len(unreadable)} unreadable eval image(s): {listed}{more}; replace them, or pass "
+                "--allow-unreadable to predict those rows from the mean of the others"
+            )
+        for u in unreadable:
+            print(f"warning: unreadable {u['path']} ({u['error']}); predicted from the mean of the other rows")
+        probs = fill_unreadable(probs, failed)
+    labels = probs.argmax(axis=1)
+
+    eval_meta = {
+        "checkpoint": str(ckpt_path),
+        "model": meta["model"],
+        "head": meta["head"],
+        "image_size": list(size),
+        "tta": args.tta,
+        "amp": bool(args.amp),
+        "image_dir": used_dir,
+        "n": len(ids),
+        "ids_sha1": ids_sha1(ids),
+        "images_per_s": round(speed, 2),
+        "unreadable": unreadable,
+        "unreadable_fallback": "mean probabilities of the readable rows" if unreadable else None,
+        "time": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    print("predicted class distribution:")
+    print(format_class_distribution(class_distribution(labels)))
+    if y_true is not None:
+        eval_meta["metrics"] = metrics_of(y_true, labels)
+        print(f"eval vs {args.answers}: {format_metrics(eval_meta['metrics'])}")
+    # eval_meta.json goes first and comes back last: it is the fingerprint ensemble.py trusts, so an interrupted
+    # rewrite leaves outputs that ensemble.py refuses instead of an old fingerprint beside new probabilities.
+    (run / "eval_meta.json").unlink(missing_ok=True)
+    atomic_save_npy(run / "eval_probs.npy", probs.astype(np.float32))
+    atomic_write_csv(run / "submission.csv", ["ImageID", "ans"], zip(ids, labels.tolist()))
+    atomic_write_json(run / "eval_meta.json", eval_meta)
+    print(f"{speed:.1f} images/s; wrote {run / 'submission.csv'}, eval_probs.npy, eval_meta.json")
+    return eval_meta
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(get_args_parser().parse_args()))

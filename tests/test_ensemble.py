@@ -1,0 +1,325 @@
+"""ensemble.py: voting rules on crafted arrays, and the CLI on hand-made run directories (no model needed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import dataset  # noqa: E402
+import ensemble  # noqa: E402
+from ensemble import hard_vote, soft_vote, vote_fractions  # noqa: E402
+from utils import UserError, atomic_save_npy, atomic_write_csv, atomic_write_json, run_main  # noqa: E402
+
+C = dataset.NUM_CLASSES
+
+
+# --------------------------------------------------------------------------- pure functions
+def test_soft_vote_is_the_mean():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(5), size=(3, 7))
+    np.testing.assert_allclose(soft_vote(probs), probs.mean(axis=0))
+    np.testing.assert_allclose(soft_vote(probs, [1, 1, 1]), probs.mean(axis=0))
+
+
+def test_soft_vote_weights():
+    probs = np.array([[[1.0, 0.0]], [[0.0, 1.0]]])
+    np.testing.assert_allclose(soft_vote(probs, [3, 1]), [[0.75, 0.25]])
+    np.testing.assert_allclose(soft_vote(probs, [0, 2]), [[0.0, 1.0]])
+
+
+def test_hard_vote_hand_computed():
+    # Shape (members, rows, classes). Row 0: votes 1,1,2 -> majority 1 although member 2 is sure of 2.
+    # Row 1: votes 0,1,2 (1-1-1 tie) -> summed probabilities 0.7 / 1.1 / 0.95 -> 1. Row 2: votes 3,3,0 -> 3.
+    m0 = [[0.1, 0.5, 0.4, 0.0], [0.5, 0.2, 0.2, 0.1], [0.0, 0.1, 0.0, 0.9]]
+    m1 = [[0.2, 0.4, 0.3, 0.1], [0.1, 0.6, 0.2, 0.1], [0.1, 0.2, 0.1, 0.6]]
+    m2 = [[0.0, 0.01, 0.99, 0.0], [0.1, 0.3, 0.55, 0.05], [0.9, 0.0, 0.0, 0.1]]
+    probs = np.array([m0, m1, m2])
+    np.testing.assert_array_equal(probs.argmax(axis=2), [[1, 0, 3], [1, 1, 3], [2, 2, 0]])
+    np.testing.assert_array_equal(hard_vote(probs), [1, 1, 3])
+
+
+def test_hard_vote_tie_ignores_classes_without_votes():
+    # Votes 0 vs 2 tie; class 1 has the largest summed probability but no vote, so it cannot win.
+    probs = np.array([[[0.4, 0.35, 0.25]], [[0.0, 0.35, 0.65]]])
+    assert hard_vote(probs).tolist() == [2]
+    probs = np.array([[[0.45, 0.35, 0.2]], [[0.0, 0.55, 0.45]]])  # votes 0 vs 1; sums 0.45 vs 0.9
+    assert hard_vote(probs).tolist() == [1]
+
+
+def test_hard_vote_exact_tie_goes_to_lowest_class():
+    a, b = [0.75, 0.25, 0.0], [0.25, 0.75, 0.0]  # votes 1-1 and summed probability 1.0-1.0
+    assert hard_vote(np.array([[a], [b]])).tolist() == [0]
+    assert hard_vote(np.array([[b], [a]])).tolist() == [0]
+
+
+def test_hard_vote_weights():
+    probs = np.eye(3)[[0, 1, 1]][:, None, :] * 0.8 + 0.2 / 3  # member argmaxes 0, 1, 1 on one row
+    assert hard_vote(probs).tolist() == [1]
+    assert hard_vote(probs, [3, 1, 1]).tolist() == [0]
+    assert hard_vote(probs, [1, 0, 0]).tolist() == [0]
+    # Votes 0.3 vs 0.1 + 0.2 (= 0.30000000000000004) are a tie despite float rounding, so the summed
+    # probabilities decide: 0.3 * 0.9 + 0.3 * 0.4 = 0.39 for class 0 against 0.165 for class 1.
+    sure = np.array([[[0.9, 0.05, 0.05]], [[0.4, 0.5, 0.1]], [[0.4, 0.5, 0.1]]])
+    assert hard_vote(sure, [0.3, 0.1, 0.2]).tolist() == [0]
+    assert hard_vote(sure, [0.3, 0.1, 0.21]).tolist() == [1]
+    np.testing.assert_allclose(vote_fractions(probs, [3, 1, 1]), [[0.6, 0.4, 0.0]])
+
+
+def _reference_hard_vote(probs, weights):
+    """Straightforward loop version of the documented rule."""
+    out = []
+    for n in range(probs.shape[1]):
+        votes, sums = {}, np.zeros(probs.shape[2])
+        for m in range(probs.shape[0]):
+            c = int(np.argmax(probs[m, n]))
+            votes[c] = votes.get(c, 0) + weights[m]
+            sums += weights[m] * probs[m, n]
+        top = max(votes.values())
+        tied = sorted(c for c, v in votes.items() if v == top)
+        out.append(max(tied, key=lambda c: (sums[c], -c)))
+    return out
+
+
+def test_hard_vote_matches_reference_on_random_ties():
+    rng = np.random.default_rng(1)
+    # Few classes and coarse probabilities -> many vote ties and some exact probability ties.
+    probs = rng.integers(0, 4, size=(4, 300, 3)).astype(float) + 1
+    probs /= probs.sum(axis=2, keepdims=True)
+    for weights in ([1, 1, 1, 1], [2, 1, 1, 3]):
+        assert hard_vote(probs, weights).tolist() == _reference_hard_vote(probs, weights)
+
+
+def test_vote_fractions_rows_sum_to_one():
+    rng = np.random.default_rng(2)
+    probs = rng.dirichlet(np.ones(C), size=(3, 10))
+    np.testing.assert_allclose(vote_fractions(probs, [1, 2, 3]).sum(axis=1), 1.0)
+
+
+@pytest.mark.parametrize("weights", [[1, 1], [1, -1, 1], [0, 0, 0], [1, float("nan"), 1]])
+def test_bad_weights_are_user_errors(weights):
+    with pytest.raises(UserError):
+        soft_vote(np.ones((3, 2, 4)) / 4, weights)
+
+
+def test_agreement_matrix():
+    labels = np.array([[0, 1, 2, 3], [0, 1, 2, 0], [1, 1, 1, 1]])
+    m = ensemble.agreement_matrix(labels)
+    assert m[0, 1] == 0.75 and m[0, 2] == 0.25 and m[1, 2] == 0.25 and np.all(np.diag(m) == 1)
+
+
+def test_read_answers_must_cover_every_id(tmp_path):
+    path = tmp_path / "answers.csv"
+    atomic_write_csv(path, ["ImageID", "ans"], [("b.jpg", 3), ("a.jpg", 5)])
+    assert ensemble.read_answers(path, ["a.jpg", "b.jpg"]).tolist() == [5, 3]
+    with pytest.raises(UserError, match="no answer for 1 of 3"):
+        ensemble.read_answers(path, ["a.jpg", "b.jpg", "c.jpg"])
+
+
+# --------------------------------------------------------------------------- CLI on hand-made runs
+def fake_eval_run(run: Path, ids: list[str], probs: np.ndarray) -> None:
+    """The files inference.py writes into a run dir."""
+    atomic_save_npy(run / "eval_probs.npy", probs.astype(np.float32))
+    atomic_write_csv(run / "submission.csv", ["ImageID", "ans"], zip(ids, probs.argmax(axis=1).tolist()))
+    atomic_write_json(
+        run / "eval_meta.json",
+        {"checkpoint": "best.pt", "tta": "none", "n": len(ids), "ids_sha1": ensemble.ids_sha1(ids)},
+    )
+
+
+@pytest.fixture
+def eval_runs(tmp_path):
+    rng = np.random.default_rng(3)
+    ids = [f"{i:040x}.jpg" for i in range(50)][::-1]  # not sorted: order must follow the members
+    truth = rng.integers(0, C, size=len(ids))
+    probs = {}
+    for name in ("a/fold0", "a/fold1", "b"):
+        p = rng.dirichlet(np.ones(C) * 0.3, size=len(ids))
+        p[np.arange(len(ids))[: len(ids) // 2], truth[: len(ids) // 2]] += 1  # members half right
+        probs[name] = p / p.sum(axis=1, keepdims=True)
+        fake_eval_run(tmp_path / "runs" / name, ids, probs[name])
+    atomic_write_csv(tmp_path / "answers.csv", ["ImageID", "ans"], zip(ids, truth.tolist()))
+    return tmp_path, ids, truth, probs
+
+
+def run_cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "ensemble.py"), *argv], cwd=cwd, capture_output=True, text=True)
+
+
+def run_main_inline(argv: list[str], capsys) -> tuple[int, str]:
+    """The script's entry point in this process (cheaper than a subprocess): (exit code, stderr)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: ensemble.main(ensemble.get_args_parser().parse_args(argv)))
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_cli_soft_and_hard_with_default_members(eval_runs, capsys):
+    root, ids, truth, probs = eval_runs
+    stacked = np.stack([probs[n].astype(np.float32) for n in ("a/fold0", "a/fold1", "b")])  # sorted discovery order
+    for mode, expected in (("soft", soft_vote(stacked).argmax(axis=1)), ("hard", hard_vote(stacked))):
+        out = root / f"sub_{mode}.csv"
+        args = ensemble.get_args_parser().parse_args(
+            [
+                "--mode",
+                mode,
+                "--runs-dir",
+                str(root / "runs"),
+                "--out",
+                str(out),
+                "--answers",
+                str(root / "answers.csv"),
+            ]
+        )
+        report = ensemble.main(args)
+        printed = capsys.readouterr().out
+        rows = [line.split(",") for line in out.read_text().splitlines()]
+        assert rows[0] == ["ImageID", "ans"]
+        assert [r[0] for r in rows[1:]] == ids
+        assert [int(r[1]) for r in rows[1:]] == expected.tolist()
+        assert [m["run"] for m in report["members"]] == ["a/fold0", "a/fold1", "b"]
+        f1 = dataset.classification_metrics(truth, expected)["f1"]
+        assert report["metrics"]["f1"] == pytest.approx(f1)
+        assert f"f1 {f1:.4f}" in printed
+        for m, name in zip(report["members"], ("a/fold0", "a/fold1", "b")):
+            member_f1 = dataset.classification_metrics(truth, probs[name].astype(np.float32).argmax(axis=1))["f1"]
+            assert m["metrics"]["f1"] == pytest.approx(member_f1)
+        saved = json.loads((root / f"sub_{mode}_report.json").read_text())
+        assert saved["agreement"]["members"] == ["a/fold0", "a/fold1", "b"]
+        assert np.allclose(np.diag(saved["agreement"]["matrix"]), 1)
+        ens = np.load(root / "ensemble_probs.npy")
+        assert ens.shape == (len(ids), C) and ens.dtype == np.float32
+        np.testing.assert_allclose(ens.sum(axis=1), 1, atol=1e-5)
+
+
+def test_cli_weights_and_explicit_runs(eval_runs):
+    root, ids, _, probs = eval_runs
+    out = root / "w.csv"
+    runs = [str(root / "runs" / n) for n in ("b", "a/fold0")]
+    ensemble.main(
+        ensemble.get_args_parser().parse_args(
+            ["--mode", "soft", "--runs", *runs, "--weights", "1", "0", "--out", str(out)]
+        )
+    )
+    ans = [int(line.split(",")[1]) for line in out.read_text().splitlines()[1:]]
+    assert ans == probs["b"].astype(np.float32).argmax(axis=1).tolist()
+
+
+def test_cli_mismatched_member_fails_in_one_line(eval_runs, capsys):
+    root, ids, _, probs = eval_runs
+    fake_eval_run(root / "runs" / "odd", ids[:-1], probs["b"][:-1])  # one row short
+    res = run_cli("--mode", "soft", "--runs-dir", "runs", "--out", "s.csv", cwd=root)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: member odd ") and "different eval set" in lines[0]
+    assert not (root / "s.csv").exists()
+
+    fake_eval_run(root / "runs" / "odd", ids[::-1], probs["b"])  # same rows, other order -> other ids_sha1
+    code, err = run_main_inline(["--mode", "hard", "--runs-dir", str(root / "runs")], capsys)
+    assert code == 2 and err.startswith("error: member odd ") and len(err.strip().splitlines()) == 1
+
+
+def test_cli_wrong_weight_count_and_no_members(eval_runs, capsys):
+    root, *_ = eval_runs
+    code, err = run_main_inline(["--mode", "soft", "--runs-dir", str(root / "runs"), "--weights", "1", "2"], capsys)
+    assert code == 2 and err.startswith("error: 2 weight(s) given for 3 member(s)")
+    code, err = run_main_inline(["--mode", "soft", "--runs-dir", str(root / "nowhere")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- --oof on hand-made valid_preds
+def fake_oof_run(run: Path, rels: list[str], labels: np.ndarray, probs: np.ndarray, fold: int, seed: int = 42):
+    header = ["rel", "person_id", "label", "pred", *[f"p{i}" for i in range(C)]]
+    rows = [
+        [rel, rel.split("_")[0], int(y), int(p.argmax()), *[f"{v:.6f}" for v in p]]
+        for rel, y, p in zip(rels, labels, probs)
+    ]
+    atomic_write_csv(run / "valid_preds.csv", header, rows)
+    atomic_write_json(run / "config.json", {"args": {"fold": fold, "folds": 2, "split_seed": seed, "seed": 0}})
+    atomic_write_json(run / "summary.json", {"status": "finished", "fold": fold, "folds": 2})
+
+
+def _read_valid_preds(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    lines = [line.split(",") for line in path.read_text().splitlines()[1:]]
+    return (
+        [r[0] for r in lines],
+        np.array([int(r[2]) for r in lines]),
+        np.array([[float(v) for v in r[4:]] for r in lines]),
+    )
+
+
+def test_oof_matches_hand_computation(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    rels = {k: [f"{k}{i:03d}_male_Asian_30/mask{j}.jpg" for i in range(6) for j in range(1, 4)] for k in (0, 1)}
+    truth = {k: rng.integers(0, C, size=len(rels[k])) for k in (0, 1)}
+    for model in ("r18", "eff"):
+        for k in (0, 1):
+            p = rng.dirichlet(np.ones(C) * 0.3, size=len(rels[k]))
+            p[np.arange(8), truth[k][:8]] += 1
+            p /= p.sum(axis=1, keepdims=True)
+            order = rng.permutation(len(rels[k]))  # members list the same rows in different orders
+            fake_oof_run(
+                tmp_path / "runs" / model / f"fold{k}", [rels[k][i] for i in order], truth[k][order], p[order], k
+            )
+
+    for mode in ("soft", "hard"):
+        args = ["--mode", mode, "--oof", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "s.csv")]
+        args += ["--weights", "1", "1", "2", "1"]  # eff/fold0, eff/fold1, r18/fold0, r18/fold1
+        report = ensemble.main(ensemble.get_args_parser().parse_args(args))
+        assert not (tmp_path / "s.csv").exists()  # a check, not a submission
+        assert (tmp_path / "s_oof_report.json").is_file()
+
+        # By hand: per fold, align both models on rel, combine, then concatenate the folds.
+        y_all, pred_all = [], []
+        weights = {"eff": 1.0, "r18": 2.0}
+        for k in (0, 1):
+            members, weight_list = [], []
+            for model in ("eff", "r18"):
+                rel_k, y_k, p_k = _read_valid_preds(tmp_path / "runs" / model / f"fold{k}" / "valid_preds.csv")
+                idx = np.argsort(rel_k)
+                members.append(p_k[idx])
+                weight_list.append(weights[model] if k == 0 else 1.0)
+                y = y_k[idx]
+            stacked = np.stack(members)
+            pred = soft_vote(stacked, weight_list).argmax(axis=1) if mode == "soft" else hard_vote(stacked, weight_list)
+            fold_f1 = dataset.classification_metrics(y, pred)["f1"]
+            assert report["folds"][k]["fold"] == f"fold{k}"
+            assert report["folds"][k]["f1"] == pytest.approx(fold_f1)
+            y_all.append(y)
+            pred_all.append(pred)
+        overall = dataset.classification_metrics(np.concatenate(y_all), np.concatenate(pred_all))
+        assert report["overall"]["f1"] == pytest.approx(overall["f1"])
+        assert report["overall"]["acc"] == pytest.approx(overall["acc"])
+        assert f"CV macro F1 of the ensemble: {overall['f1']:.4f}" in capsys.readouterr().out
+
+    groups = {g["group"]: g for g in report["single_models"]}
+    assert set(groups) == {"r18", "eff"} and groups["r18"]["folds"] == ["fold0", "fold1"]
+    ys, ps = [], []
+    for k in (0, 1):
+        path = tmp_path / "runs" / "r18" / f"fold{k}" / "valid_preds.csv"
+        ys.append(_read_valid_preds(path)[1])
+        ps.append([int(line.split(",")[3]) for line in path.read_text().splitlines()[1:]])  # the pred column
+    single = dataset.classification_metrics(np.concatenate(ys), np.concatenate(ps))["f1"]
+    assert groups["r18"]["f1"] == pytest.approx(single)
+
+
+def test_oof_refuses_other_fold_split(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    rels = [f"{i:03d}_female_Asian_20/normal.jpg" for i in range(6)]
+    y = rng.integers(0, C, size=6)
+    p = rng.dirichlet(np.ones(C), size=6)
+    fake_oof_run(tmp_path / "runs" / "a" / "fold0", rels[:4], y[:4], p[:4], 0)
+    fake_oof_run(tmp_path / "runs" / "b" / "fold0", rels[2:], y[2:], p[2:], 0)  # overlaps a/fold0 partly
+    argv = ["--mode", "soft", "--oof", "--runs-dir", str(tmp_path / "runs")]
+    code, err = run_main_inline(argv, capsys)
+    assert code == 2 and "overlap" in err and len(err.strip().splitlines()) == 1
+    fake_oof_run(tmp_path / "runs" / "b" / "fold0", rels[:4], y[:4], p[:4], 0, seed=7)
+    code, err = run_main_inline(argv, capsys)
+    assert code == 2 and err.startswith("error: member b/fold0 was trained on another fold split")

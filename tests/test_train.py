@@ -1,0 +1,512 @@
+"""train.py: CutMix geometry, optimisers/schedulers, full runs and their artifacts, resume, config, DDP.
+
+Runs are tiny (timm's test_resnet, 32x32 px, 15 persons of tests/helpers.py's colour-coded images,
+workers 0, one CPU thread: on a shared 2-core machine more threads spin-wait and run 40x slower).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from helpers import make_tiny_dataset  # noqa: E402
+
+import dataset  # noqa: E402
+import train  # noqa: E402
+from registry import UnknownNameError  # noqa: E402
+from utils import UserError  # noqa: E402
+
+N_PERSONS = 15  # 3 folds of 5 persons: 35 valid images, an odd count (DDP pads, then de-duplicates)
+TB_TAGS = (
+    "train/loss",
+    "train/acc",
+    "train/f1",
+    "train/lr",
+    "valid/loss",
+    "valid/acc",
+    "valid/f1",
+    "valid/f1_mask",
+    "valid/f1_gender",
+    "valid/f1_age",
+)
+ARTIFACTS = (
+    "config.json",
+    "best.pt",
+    "last.pt",
+    "log.csv",
+    "summary.json",
+    "valid_preds.csv",
+    "confusion_matrix.png",
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return make_tiny_dataset(tmp_path_factory.mktemp("data") / "data", n_persons=N_PERSONS)["data_dir"]
+
+
+def base_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--data-dir", str(data_dir), "--output-dir", str(out), "--model", "test_resnet", "--no-pretrained",
+        "--resize", "32", "32", "--batch-size", "8", "--workers", "0", "--folds", "3", "--lr", "1e-2",
+        *extra,
+    ]  # fmt: skip
+
+
+def train_run(argv: list[str]) -> dict:
+    return train.main(train.get_args_parser().parse_args(argv))
+
+
+def read_csv(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def subprocess_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_dir, tmp_path_factory) -> Path:
+    """One plain 4-epoch run; tests read its artifacts."""
+    out = tmp_path_factory.mktemp("runs")
+    result = train_run(base_args(data_dir, out, "--epochs", "4", "--name", "plain"))
+    assert result["status"] == "finished"
+    return Path(result["run_dir"])
+
+
+# --------------------------------------------------------------------------- CutMix (pure functions)
+def _coded_batch(n: int = 6, h: int = 8, w: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every pixel of sample i is i, so each pasted pixel shows where it came from."""
+    images = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, h, w).clone()
+    return images, torch.arange(n) * 3  # distinct targets: targets_b reveals the permutation
+
+
+def _perm(targets: torch.Tensor, targets_b: torch.Tensor) -> torch.Tensor:
+    return torch.tensor([int((targets == t).nonzero()) for t in targets_b])
+
+
+def test_cutmix_strip_is_full_height_and_lam_matches_width():
+    images, targets = _coded_batch()
+    original = images.clone()
+    n, _, h, w = images.shape
+    widths = []
+    for seed in range(200):
+        mixed, ta, tb, lam = train.cutmix_batch(images, targets, np.random.default_rng(seed), mode="strip")
+        assert torch.equal(images, original), "the input batch must not be modified"
+        assert torch.equal(ta, targets)
+        perm = _perm(targets, tb)
+        moved = [i for i in range(n) if perm[i] != i]
+        if not moved:
+            continue
+        changed = mixed[moved[0], 0] != images[moved[0], 0]  # (h, w)
+        cols = changed.any(0).nonzero().flatten()
+        width = len(cols)
+        if width:
+            assert changed[:, cols].all(), "the strip must cover the full height"
+            assert cols.max() - cols.min() + 1 == width, "the strip must be one contiguous band"
+            x1, x2 = int(cols.min()), int(cols.max()) + 1
+            for i in range(n):  # every sample gets the same band from its partner; the rest is untouched
+                assert torch.equal(mixed[i][..., x1:x2], images[perm[i]][..., x1:x2])
+                assert torch.equal(mixed[i][..., :x1], images[i][..., :x1])
+                assert torch.equal(mixed[i][..., x2:], images[i][..., x2:])
+        assert lam == pytest.approx(1 - width / w)
+        widths.append(width)
+    # Beta(1, 1): narrow and wide strips both occur
+    assert min(widths) <= 0.2 * w and max(widths) >= 0.8 * w
+
+
+def test_cutmix_box_area_gives_lam():
+    images, targets = _coded_batch(h=12, w=10)
+    n, _, h, w = images.shape
+    partial_height = 0
+    for seed in range(100):
+        mixed, _, tb, lam = train.cutmix_batch(images, targets, np.random.default_rng(seed), mode="box")
+        perm = _perm(targets, tb)
+        moved = [i for i in range(n) if perm[i] != i]
+        if not moved:
+            continue
+        changed = mixed[moved[0], 0] != images[moved[0], 0]
+        rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+        area = int(changed.sum())
+        assert area == len(rows) * len(cols), "the pasted region must be a rectangle"
+        assert lam == pytest.approx(1 - area / (h * w))
+        partial_height += 0 < len(rows) < h
+    assert partial_height > 0, "box mode must not always paste full-height strips"
+
+
+def test_mixup_and_mix_batch_branches():
+    images, targets = _coded_batch()
+    mixed, ta, tb, lam = train.mixup_batch(images, targets, np.random.default_rng(0), alpha=0.4)
+    perm = _perm(targets, tb)
+    assert 0 < lam < 1
+    assert torch.allclose(mixed, lam * images + (1 - lam) * images[perm])
+
+    same, ta, tb, lam = train.mix_batch(images, targets, np.random.default_rng(0), cutmix_p=0.0)
+    assert same is images and lam == 1.0 and torch.equal(ta, tb)
+    _, _, _, lam = train.mix_batch(images, targets, np.random.default_rng(0), cutmix_p=1.0, cutmix_mode="strip")
+    assert lam <= 1.0
+    # same generator seed -> same mix (training reproducibility rests on this)
+    a = train.mix_batch(images, targets, np.random.default_rng(5), cutmix_p=0.5, mixup_alpha=0.2)
+    b = train.mix_batch(images, targets, np.random.default_rng(5), cutmix_p=0.5, mixup_alpha=0.2)
+    assert torch.equal(a[0], b[0]) and a[3] == b[3]
+
+
+def test_mixed_loss_weights_both_targets():
+    logits = torch.randn(4, 18)
+    a, b = torch.tensor([0, 1, 2, 3]), torch.tensor([5, 6, 7, 8])
+    ce = nn.CrossEntropyLoss()
+    assert torch.allclose(train.mixed_loss(ce, logits, a, b, 0.3), 0.3 * ce(logits, a) + 0.7 * ce(logits, b))
+    assert torch.allclose(train.mixed_loss(ce, logits, a, b, 1.0), ce(logits, a))
+
+
+def test_inverse_frequency_weights():
+    w = train.inverse_frequency(np.array([0, 0, 0, 1]), num_classes=3)
+    assert w[0] == pytest.approx(4 / (2 * 3)) and w[1] == pytest.approx(4 / (2 * 1)) and w[2] == 1.0
+
+
+# --------------------------------------------------------------------------- optimisers and schedulers
+@pytest.mark.parametrize("optimizer", train.OPTIMIZERS.names())
+@pytest.mark.parametrize("scheduler", train.SCHEDULERS.names())
+def test_each_optimizer_and_scheduler_steps(optimizer, scheduler):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
+    opt = train.build_optimizer(net, optimizer, lr=0.1, weight_decay=0.01, momentum=0.9)
+    spec = train.ScheduleSpec(epochs=3, steps_per_epoch=4, lr=0.1, min_lr=1e-4, step_size=1, gamma=0.5, cycle_epochs=2)
+    sched, when = train.build_scheduler(opt, scheduler, spec)
+    assert when == ("batch" if scheduler == "cyclic" else "epoch")
+    if scheduler == "cyclic":
+        assert sched.cycle_momentum == (optimizer == "sgd")  # never for Adam-family (no momentum to cycle)
+    before = [p.detach().clone() for p in net.parameters()]
+    lr_before = opt.param_groups[0]["lr"]
+    net(torch.randn(5, 4)).pow(2).mean().backward()
+    opt.step()
+    if sched is not None:
+        sched.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    if scheduler in ("step", "cosine"):
+        assert opt.param_groups[0]["lr"] < lr_before
+    elif scheduler == "cyclic":
+        assert opt.param_groups[0]["lr"] > lr_before  # rising from min_lr towards lr
+    # states round-trip (resume)
+    opt2 = train.build_optimizer(net, optimizer, lr=0.1, weight_decay=0.01, momentum=0.9)
+    opt2.load_state_dict(opt.state_dict())
+    if sched is not None:
+        train.build_scheduler(opt2, scheduler, spec)[0].load_state_dict(sched.state_dict())
+
+
+def test_norms_and_biases_get_no_weight_decay():
+    net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8))
+    opt = train.build_optimizer(net, "adamw", lr=0.1, weight_decay=0.05, momentum=0.9)
+    decays = sorted(g["weight_decay"] for g in opt.param_groups)
+    assert decays == [0.0, 0.05]
+
+
+# --------------------------------------------------------------------------- arguments
+def test_help_lists_names_and_defaults(capsys):
+    with pytest.raises(SystemExit):
+        train.get_args_parser().parse_args(["--help"])
+    out = capsys.readouterr().out
+    for name in ("ResNet18", "EffB3", "focal", "label_smoothing", "madgrad", "cyclic", "(default: 64)"):
+        assert name in out
+
+
+def test_baseline_underscore_aliases():
+    args = train.get_args_parser().parse_args(
+        ["--batch_size", "7", "--valid_batch_size", "9", "--lr_decay_step", "3", "--log_interval", "5",
+         "--model_dir", "out", "--val_ratio", "0.3", "--data_dir", "d"]
+    )  # fmt: skip
+    assert (args.batch_size, args.valid_batch_size, args.lr_decay_step, args.log_interval) == (7, 9, 3, 5)
+    assert (args.output_dir, args.val_ratio, args.data_dir) == ("out", 0.3, "d")
+
+
+@pytest.mark.parametrize("values", [["64"], ["1", "2", "3"]])
+def test_resize_needs_two_numbers(values, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.get_args_parser().parse_args(["--resize", *values])
+    assert e.value.code == 2
+    assert "--resize: expected 2 numbers (H W)" in capsys.readouterr().err
+
+
+def test_fold_values():
+    parse = train.get_args_parser().parse_args
+    assert parse(["--fold", "all"]).fold == "all"
+    assert parse(["--fold", "none"]).fold is None
+    assert parse(["--fold", "2"]).fold == 2
+    with pytest.raises(UserError, match="--fold 7 does not exist"):
+        train.check_args(parse(["--fold", "7"]))
+    with pytest.raises(UnknownNameError, match="sgd, adam, adamw, madgrad"):
+        train.check_args(parse(["--scheduler", "cosine", "--optimizer", "lion"]))
+    with pytest.raises(UnknownNameError, match="step, cosine, cyclic, none"):
+        train.check_args(parse(["--scheduler", "onecycle"]))
+
+
+def test_unknown_names_end_with_one_line(data_dir, tmp_path):
+    cases = {"--model": "ResNet18", "--criterion": "focal", "--optimizer": "madgrad"}
+    # The three CLIs start together: most of their time is importing torch, which overlaps well.
+    procs = {
+        flag: subprocess.Popen(
+            [sys.executable, "train.py", flag, "nope", "--data-dir", str(data_dir), "--output-dir", str(tmp_path)],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+        )
+        for flag in cases
+    }  # fmt: skip
+    for flag, listed in cases.items():
+        _, err = procs[flag].communicate(timeout=180)
+        assert procs[flag].returncode == 2, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:"), err
+        assert "'nope'" in lines[0] and listed in lines[0], lines[0]
+    assert not any(tmp_path.iterdir()), "nothing may be written for a bad name"
+
+
+# --------------------------------------------------------------------------- a full run
+def test_run_writes_every_artifact(finished_run: Path, data_dir: Path):
+    for name in ARTIFACTS:
+        assert (finished_run / name).is_file(), name
+    config = json.loads((finished_run / "config.json").read_text())
+    assert {"args", "versions", "git_commit", "start_time", "image_dir", "command"} <= set(config)
+    assert config["image_dir"] == "images" and config["args"]["model"] == "test_resnet"
+    assert {"python", "torch", "torchvision", "timm"} <= set(config["versions"])
+
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs_run"] == 4
+    assert set(summary["best"]) == {"f1", "acc", "f1_mask", "f1_gender", "f1_age", "loss"}
+    assert summary["fold"] == 0 and summary["folds"] == 3 and summary["train_images_per_s"] > 0
+
+    log = read_csv(finished_run / "log.csv")
+    assert list(log[0]) == list(train.LOG_COLUMNS) and [int(r["epoch"]) for r in log] == [1, 2, 3, 4]
+    best_row = max(log, key=lambda r: float(r["valid_f1"]))
+    assert int(best_row["epoch"]) == summary["best_epoch"], "best.pt is chosen by valid macro F1"
+
+    preds = read_csv(finished_run / "valid_preds.csv")
+    assert list(preds[0]) == ["rel", "person_id", "label", "pred", *(f"p{i}" for i in range(18))]
+    assert len(preds) == 35 and len({r["rel"] for r in preds}) == 35
+    folds = dataset.person_folds(dataset.load_train(data_dir, log=None)[0], n_folds=3, seed=42)
+    assert all(folds[r["person_id"]] == 0 for r in preds), "valid = exactly the persons of fold 0"
+    probs = np.array([[float(r[f"p{i}"]) for i in range(18)] for r in preds])
+    assert np.allclose(probs.sum(1), 1, atol=1e-4)
+    assert all(int(r["pred"]) == int(np.argmax(p)) for r, p in zip(preds, probs))
+
+    ckpt = torch.load(finished_run / "best.pt", map_location="cpu", weights_only=True)
+    assert ckpt["format"] == "maskcls-checkpoint" and ckpt["version"] == 1
+    meta = ckpt["meta"]
+    assert meta["model"] == "timm:test_resnet" and meta["head"] == "single" and meta["image_size"] == [32, 32]
+    assert meta["classes"] == dataset.class_names() and meta["num_classes"] == 18 and meta["image_dir"] == "images"
+    assert meta["epoch"] == summary["best_epoch"] and meta["metrics"]["f1"] == pytest.approx(summary["best"]["f1"])
+    assert not any(k.startswith("module.") for k in ckpt["model_state"])
+    last = torch.load(finished_run / "last.pt", map_location="cpu", weights_only=True)
+    for key in ("optimizer", "scheduler", "scaler", "ema_state", "epoch", "best_f1", "rng"):
+        assert key in last, key
+    assert last["epoch"] == 4 and {"torch", "numpy", "python"} <= set(last["rng"])
+
+
+def test_tensorboard_has_every_tag(finished_run: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(finished_run), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    for tag in TB_TAGS:
+        assert tag in tags["scalars"], tag
+        assert [e.step for e in acc.Scalars(tag)] == [1, 2, 3, 4]
+    assert "valid/confusion_matrix" in tags["images"]
+    assert "hparam/best_f1" in tags["scalars"]
+
+
+def test_model_learns_the_easy_task(finished_run: Path):
+    # Colour encodes the label: after 4 short epochs the model is far above the 1/18 chance level.
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert summary["best"]["f1"] > 3 / 18
+    log = read_csv(finished_run / "log.csv")
+    assert float(log[-1]["train_loss"]) < float(log[0]["train_loss"])
+
+
+def test_run_dir_is_never_overwritten(tmp_path):
+    info = train.DistInfo()
+    first = train.make_run_dir(tmp_path, "x", info)
+    second = train.make_run_dir(tmp_path, "x", info)
+    assert first.name == "x" and second.name == "x_2"
+
+
+# --------------------------------------------------------------------------- config reload
+def test_config_reload_with_cli_override(finished_run: Path):
+    config = finished_run / "config.json"
+    args = train.get_args_parser().parse_args(["--config", str(config), "--lr", "0.5", "--epochs", "1"])
+    saved = json.loads(config.read_text())["args"]
+    assert args.lr == 0.5 and args.epochs == 1  # explicit flags win
+    assert args.model == saved["model"] == "test_resnet" and args.resize == [32, 32] and args.pretrained is False
+    assert args.data_dir == saved["data_dir"] and args.batch_size == 8 and args.folds == 3
+    assert args.config == str(config) and args.resume is None
+    assert train.get_args_parser().parse_args([]).model == "ResNet18", "a fresh parser has the real defaults"
+
+
+def test_config_errors_are_one_line(tmp_path):
+    bad = tmp_path / "config.json"
+    bad.write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        train.get_args_parser().parse_args(["--config", str(bad)])
+    with pytest.raises(UserError, match="does not exist"):
+        train.get_args_parser().parse_args(["--config", str(tmp_path / "missing.json")])
+
+
+# --------------------------------------------------------------------------- resume
+def test_resume_continues_exactly(data_dir, tmp_path):
+    extra = ["--epochs", "2", "--name", "r", "--cutmix", "0.5", "--ema", "0.9", "--sampler", "weighted",
+             "--scheduler", "cyclic", "--class-weights", "balanced"]  # fmt: skip
+    straight = Path(train_run(base_args(data_dir, tmp_path / "a", *extra))["run_dir"])
+    killed = train_run(base_args(data_dir, tmp_path / "b", *extra, "--stop-after", "1"))
+    assert killed["status"] == "stopped"
+    run_dir = Path(killed["run_dir"])
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "running"
+    resumed = train_run(["--resume", str(run_dir / "last.pt")])
+    assert Path(resumed["run_dir"]) == run_dir and resumed["status"] == "finished"
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["r"], "resume writes into the same run dir"
+
+    a = torch.load(straight / "last.pt", map_location="cpu", weights_only=True)
+    b = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+    assert b["epoch"] == 2 and len(b["history"]) == 2
+    for ra, rb in zip(a["history"], b["history"]):
+        for key in ("train_loss", "valid_loss", "valid_f1", "valid_acc", "lr"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-9), key
+    for key in ("model_state", "raw_model_state"):
+        for name, tensor in a[key].items():
+            assert torch.allclose(tensor.float(), b[key][name].float(), rtol=1e-5, atol=1e-7), f"{key}.{name}"
+    assert len(read_csv(run_dir / "log.csv")) == 2
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+
+
+def test_resume_of_another_model_is_one_line(finished_run: Path):
+    summary = (finished_run / "summary.json").read_bytes()
+    args = train.get_args_parser().parse_args(["--resume", str(finished_run / "last.pt"), "--model", "resnet10t"])
+    with pytest.raises(UserError, match="holds a timm:test_resnet") as e:
+        train.main(args)
+    assert "\n" not in str(e.value)
+    assert (finished_run / "summary.json").read_bytes() == summary, "a refused resume writes nothing"
+
+
+def test_corrupt_last_pt(finished_run: Path, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(finished_run / "best.pt", run / "best.pt")
+    data = (finished_run / "last.pt").read_bytes()
+    (run / "last.pt").write_bytes(data[: len(data) // 3])
+    with pytest.raises(UserError) as e:
+        train.resolve_resume(str(run / "last.pt"))
+    message = str(e.value)
+    assert "\n" not in message and str(run / "last.pt") in message and "best.pt" in message
+    path, ckpt = train.resolve_resume(str(run))  # a run directory falls back to best.pt, with a warning
+    assert path == run / "best.pt" and ckpt["format"] == "maskcls-checkpoint"
+    assert "warning" in capsys.readouterr().err
+    with pytest.raises(UserError, match="not a maskcls checkpoint"):
+        torch.save({"weights": 1}, tmp_path / "other.pt")
+        train.resolve_resume(str(tmp_path / "other.pt"))
+
+
+# --------------------------------------------------------------------------- variants
+def test_multi_head_run_with_every_trick(data_dir, tmp_path):
+    result = train_run(
+        base_args(
+            data_dir, tmp_path, "--head", "multi", "--head-weights", "1", "0.5", "2", "--epochs", "1",
+            "--fold", "none", "--val-ratio", "0.3", "--cutmix", "1", "--cutmix-mode", "box", "--mixup", "0.2",
+            "--class-weights", "balanced", "--accum-steps", "2", "--clip-grad", "1", "--amp", "--ema", "0.5",
+            "--optimizer", "madgrad", "--scheduler", "step", "--criterion", "focal", "--focal-gamma", "1.5",
+            "--age-old-threshold", "58", "--cache", "--no-label-fixes",
+        )
+    )  # fmt: skip
+    run = Path(result["run_dir"])
+    assert result["status"] == "finished" and run.name == "test_resnet_focal_holdout"
+    meta = torch.load(run / "best.pt", map_location="cpu", weights_only=True)["meta"]
+    assert meta["head"] == "multi" and meta["old_threshold"] == 58 and meta["args"]["focal_gamma"] == 1.5
+    assert meta["args"]["label_fixes"] == "none"
+    preds = read_csv(run / "valid_preds.csv")
+    probs = np.array([[float(r[f"p{i}"]) for i in range(18)] for r in preds])
+    assert np.allclose(probs.sum(1), 1, atol=1e-4)
+    # validation is scored at 60 whatever the training threshold: a 58-year-old is 30-59 in valid_preds
+    labels = dict(zip((r["rel"] for r in preds), (int(r["label"]) for r in preds)))
+    for rec in dataset.load_train(data_dir, log=None)[1]:
+        if rec.rel in labels:
+            assert labels[rec.rel] == rec.label(60)
+
+
+def test_fold_all_writes_cv_summary(data_dir, tmp_path):
+    result = train_run(base_args(data_dir, tmp_path, "--fold", "all", "--folds", "2", "--epochs", "1"))
+    parent = Path(result["run_dir"])
+    assert parent.name == "test_resnet_ce_cv2"
+    cv = json.loads((parent / "cv_summary.json").read_text())
+    assert cv["folds"] == 2 and cv["n"] == N_PERSONS * 7 and len(cv["fold_f1"]) == 2
+    assert 0 <= cv["cv"]["f1"] <= 1
+    for k in range(2):
+        assert json.loads((parent / f"fold{k}" / "summary.json").read_text())["fold"] == k
+        assert json.loads((parent / f"fold{k}" / "config.json").read_text())["args"]["fold"] == k
+    rels = [r["rel"] for k in range(2) for r in read_csv(parent / f"fold{k}" / "valid_preds.csv")]
+    assert len(rels) == len(set(rels)) == N_PERSONS * 7, "out-of-fold predictions cover every image once"
+
+
+def test_fold_all_resumes_fold_by_fold(data_dir, tmp_path):
+    argv = base_args(data_dir, tmp_path, "--fold", "all", "--folds", "2", "--epochs", "2", "--name", "cv")
+    assert train_run([*argv, "--stop-after", "1"])["status"] == "stopped"
+    parent = tmp_path / "cv"
+    assert not (parent / "cv_summary.json").exists() and not (parent / "fold1").exists()
+    result = train_run(["--resume", str(parent)])  # the CV directory: finishes fold0, then runs fold1
+    assert result["status"] == "finished" and Path(result["run_dir"]) == parent
+    for k in range(2):
+        assert len(read_csv(parent / f"fold{k}" / "log.csv")) == 2
+    assert json.loads((parent / "cv_summary.json").read_text())["n"] == N_PERSONS * 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cv"]
+    with pytest.raises(UserError, match="--resume DIR of a `--fold all` run"):
+        train.check_args(train.get_args_parser().parse_args(["--resume", str(parent), "--fold", "1"]))
+
+
+def test_crash_marks_summary_failed(data_dir, tmp_path):
+    broken = tmp_path / "data"
+    shutil.copytree(data_dir, broken)
+    victim = next((broken / "train" / "images").glob("*/mask3.*"))
+    victim.write_bytes(b"not an image")
+    with pytest.raises(UserError, match="cannot read image"):
+        train_run(base_args(broken, tmp_path / "runs", "--epochs", "1", "--name", "boom"))
+    summary = json.loads((tmp_path / "runs" / "boom" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "cannot read image" in summary["error"]
+
+
+# --------------------------------------------------------------------------- DDP (slowest: two processes)
+def test_torchrun_two_processes_on_cpu(data_dir, tmp_path):
+    argv = base_args(data_dir, tmp_path, "--epochs", "1", "--sampler", "weighted")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py", *argv],
+        cwd=REPO, capture_output=True, text=True, env=subprocess_env(), timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [p for p in tmp_path.iterdir()]
+    assert len(runs) == 1, f"exactly one run directory, got {runs}"
+    run = runs[0]
+    for name in ARTIFACTS:
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["world_size"] == 2
+    preds = read_csv(run / "valid_preds.csv")
+    assert len(preds) == 35 and len({r["rel"] for r in preds}) == 35, "padding duplicates removed"
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
