@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import os
 import pickle
-import re
 import sys
 import time
 from datetime import datetime
@@ -34,7 +33,15 @@ from tqdm import tqdm
 import dataset
 import model as models
 from ensemble import class_distribution, format_class_distribution, format_metrics, ids_sha1, metrics_of, read_answers
-from utils import UserError, atomic_save_npy, atomic_write_csv, atomic_write_json, resolve_device, run_main
+from utils import (
+    UserError,
+    atomic_save_npy,
+    atomic_write_csv,
+    atomic_write_json,
+    resolve_device,
+    run_main,
+    unsafe_pickle_global,
+)
 
 CHECKPOINT_FORMAT = "maskcls-checkpoint"
 REQUIRED_META = ("model", "head", "image_size", "mean", "std", "classes")
@@ -53,12 +60,14 @@ def load_checkpoint(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
-            raise CorruptCheckpointError(f"cannot read checkpoint {path}: corrupt ({_first_line(e)})") from None
-        found = re.search(r"Unsupported global: ([^.]*)", str(e))
-        what = f" ({found.group(1).strip()})" if found else ""
+        refused = unsafe_pickle_global(e)  # else merely damaged: torch raises the same error for both
+        if not refused:
+            raise CorruptCheckpointError(
+                f"cannot read checkpoint {path}: corrupt (not a torch checkpoint); retrain or pick another with "
+                "--checkpoint"
+            ) from None
         raise UserError(
-            f"refusing to load {path}: it contains pickled Python objects{what} that could run code; "
+            f"refusing to load {path}: it contains pickled Python objects ({refused}) that could run code; "
             "only checkpoints written by train.py (tensors and plain data) are accepted"
         ) from None
     except Exception as e:  # torch raises RuntimeError/EOFError/KeyError/... depending on how the file is broken

@@ -21,6 +21,7 @@ import io
 import math
 import os
 import random
+import re
 import sys
 import time
 import traceback
@@ -49,10 +50,12 @@ from utils import (
     atomic_write_json,
     git_commit,
     read_json,
+    remove_temp_files,
     resolve_device,
     run_main,
     seed_everything,
     unique_dir,
+    unsafe_pickle_global,
 )
 
 CHECKPOINT_FORMAT = "maskcls-checkpoint"
@@ -447,6 +450,10 @@ class _TrainParser(argparse.ArgumentParser):
         self.set_defaults(**layered)
         return super().parse_known_args(args, namespace)
 
+    def error(self, message: str):
+        # argparse would print the ~30-line usage first and bury the one line that matters.
+        self.exit(2, f"error: {message}; see python {self.prog} --help\n")
+
 
 def config_args(path: str) -> dict:
     data = read_json(path)
@@ -699,6 +706,12 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch raises RuntimeError/EOFError/UnpicklingError/... for damaged files
+        refused = unsafe_pickle_global(e)
+        if refused:
+            raise UserError(
+                f"refusing to load {path}: it holds pickled Python objects ({refused}) that could run code; "
+                "only checkpoints written by train.py (tensors and plain data) are accepted"
+            ) from None
         hint = path.with_name("best.pt")
         also = (
             f"; resume from {hint} (its weights, fresh optimiser)" if path.name != "best.pt" and hint.is_file() else ""
@@ -1102,6 +1115,8 @@ def run_training(
     if resume is not None:
         previous = read_summary(run_dir)
         summary["start_time"] = previous.get("start_time") or start_time
+        if info.main:
+            remove_temp_files(run_dir)  # half-written files of the killed process (atomic writes: never the real ones)
     writer = None
     elapsed_before = 0.0
 
@@ -1353,16 +1368,50 @@ def run_training(
             )
         return {**summary, "run_dir": str(run_dir)}
     except BaseException as e:
+        shown = user_facing_error(e, run_dir)
         if info.main:
-            error = "".join(traceback.format_exception_only(type(e), e)).strip()
+            error = "".join(traceback.format_exception_only(type(shown), shown)).strip()
             with contextlib.suppress(Exception):
                 write_summary(
                     status="failed", end_time=datetime.now().astimezone().isoformat(timespec="seconds"), error=error
                 )
+        if shown is not e:
+            raise shown from None
         raise
     finally:
         if writer is not None:
             writer.close()
+
+
+_WORKER_USER_ERROR = re.compile(r"^(?:[\w.]+\.)?UserError: ", re.MULTILINE)
+_GPU_FAILURE = re.compile(r"CUDA error|CUBLAS_STATUS|CUDNN_STATUS|cuDNN error|NCCL")
+
+
+def user_facing_error(e: BaseException, run_dir: Path) -> BaseException:
+    """The one-line UserError for a failure the user suffers mid-run, else ``e`` itself.
+
+    A UserError raised in a DataLoader worker (a corrupt image) arrives as torch's "Caught UserError in
+    DataLoader worker ... Original Traceback ..." text: keep only its own message, which names the file.
+    A GPU or worker process dying (out of memory, CUDA/NCCL errors of a flaky server) says how to continue.
+    """
+    text = str(e)
+    if isinstance(e, UserError):
+        found = list(_WORKER_USER_ERROR.finditer(text)) if text.startswith("Caught UserError in DataLoader") else []
+        return UserError(text[found[-1].end() :].strip()) if found else e
+    if not isinstance(e, RuntimeError):
+        return e
+    first = (text.strip().splitlines() or [type(e).__name__])[0]
+    if (run_dir / "last.pt").is_file():
+        resume = f"the finished epochs are in {run_dir / 'last.pt'}: continue with python train.py --resume {run_dir}"
+    else:
+        resume = "no epoch had finished: start the run again"
+    if isinstance(e, torch.OutOfMemoryError):
+        return UserError(f"the GPU ran out of memory; lower --batch-size or --resize, or add --amp; {resume}")
+    if _GPU_FAILURE.search(text):
+        return UserError(f"the GPU failed ({first}); check it with nvidia-smi, then {resume}")
+    if "DataLoader worker" in text:
+        return UserError(f"a data loading process died ({first}); lower --workers or --batch-size; {resume}")
+    return e
 
 
 def criterion_options(criterion: str, given: dict[str, float | None]) -> dict:

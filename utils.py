@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -43,12 +45,24 @@ def run_main(main: Callable[[], Any]) -> None:
     except OSError as e:
         # Disk full, permission denied, missing directory: name the file and the cause.
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        print(f"error: {e.strerror or e}{where}; check the path, free space and permissions", file=sys.stderr)
+        reason = e.strerror or e
+        if isinstance(e, FileExistsError) and e.filename and not os.path.isdir(e.filename):
+            reason = "Not a directory: a file of that name is in the way"  # mkdir(exist_ok=True) on a file
+        print(f"error: {reason}{where}; check the path, free space and permissions", file=sys.stderr)
         sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
 
 
 # --------------------------------------------------------------------------- atomic writes
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once at import: os.umask is process-wide, so never toggle it while threads write
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds.
@@ -60,13 +74,29 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix + ".tmp")
     os.close(fd)
+    # mkstemp creates 0600 files; give the result the permissions a plain open() would (0666 & ~umask).
+    os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not e.filename:
+            e.filename = str(path)  # a failed write/fsync names no file: run_main's line should
         raise
+
+
+def remove_temp_files(folder: str | os.PathLike) -> int:
+    """Delete the temp files atomic_path leaves when a process is killed mid-write (``.<name>.*.tmp``)."""
+    removed = 0
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -102,7 +132,30 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:
+            # torch reports a failed write (disk full, quota) as "[enforce fail ...] unexpected pos": say what it is.
+            reason = f"writing failed, the disk may be full (torch: {_first_line(e)})"
+            raise OSError(errno.EIO, reason, str(path)) from e
+        # Checkpoints are what a crashed or reset server resumes from: make the bytes durable before the rename.
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def unsafe_pickle_global(e: BaseException) -> str | None:
+    """The Python global a ``torch.load(weights_only=True)`` refused (e.g. ``posix.system``), else None.
+
+    torch raises the same UnpicklingError for a file that is merely damaged; only a refused global
+    means the file carries pickled objects that could run code.
+    """
+    found = re.search(r"unsupported global:? (?:GLOBAL )?([\w.]+)", str(e), re.IGNORECASE)
+    return found.group(1) if found else None
 
 
 def _json_default(o: Any) -> Any:

@@ -1,0 +1,73 @@
+"""The shared plumbing: the strict registry and atomic writes."""
+
+import os
+import stat
+
+import pytest
+
+import utils
+from registry import Registry, UnknownNameError
+
+
+def test_registry_is_case_insensitive_with_aliases():
+    reg = Registry("thing")
+
+    @reg.register("Alpha", "a1")
+    def alpha():
+        return "alpha"
+
+    assert reg.get("ALPHA") is alpha and reg.get("A1") is alpha
+    assert "alpha" in reg and "beta" not in reg
+    assert reg.canonical("a1") == "Alpha"
+    assert reg.names() == ["Alpha"] and len(reg) == 1
+
+
+def test_registry_rejects_duplicates_in_any_case():
+    reg = Registry("thing")
+    reg.register("Alpha", "a1")(lambda: None)
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("ALPHA")(lambda: None)
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("other", "A1")(lambda: None)
+
+
+def test_unknown_name_lists_valid_names():
+    reg = Registry("thing")
+    reg.register("Alpha")(lambda: None)
+    reg.register("Beta")(lambda: None)
+    with pytest.raises(UnknownNameError, match="valid things: Alpha, Beta"):
+        reg.get("gamma")
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    target = tmp_path / "out.csv"
+    utils.atomic_write_csv(target, ["a", "b"], [[1, 2]])
+    assert target.read_text() == "a,b\n1,2\n"
+    mode = stat.S_IMODE(os.stat(target).st_mode)
+    assert mode == 0o666 & ~utils._UMASK  # not mkstemp's 0600: other users of a shared server can read results
+
+
+def test_atomic_write_failure_keeps_old_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "keep.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), utils.atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_unique_dir_never_reuses_a_name(tmp_path):
+    first = utils.unique_dir(tmp_path, "run")
+    second = utils.unique_dir(tmp_path, "run")
+    assert (first.name, second.name) == ("run", "run_2")
+
+
+def test_read_csv_rows_names_missing_columns_and_extra_cells(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("id,age\n1,20\n")
+    with pytest.raises(utils.UserError, match="lacks column"):
+        utils.read_csv_rows(path, ["id", "gender"])
+    path.write_text("id,age\n1,20,x\n")
+    with pytest.raises(utils.UserError, match="line 2 has more cells"):
+        utils.read_csv_rows(path, ["id"])
