@@ -38,6 +38,8 @@ SS = 2  # supersampling factor: shapes are drawn at 2x and filtered down, which 
 MARGIN = 48  # canvas border (1x px) so that per-image rotation/shift never exposes an empty corner
 MASK_STEMS = ("mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal")
 STEM_TO_MASK = {**{f"mask{i}": 0 for i in range(1, 6)}, "incorrect_mask": 1, "normal": 2}
+# Numbers of the ids in DATASET.md's list of known label errors (000020, 001498-1, 004418, ...).
+KNOWN_FIX_NUMBERS = frozenset({20, 1498, 4418, 4432, 5227, 6359, 6360, 6361, 6362, 6363, 6364})
 # AppleDouble header: what macOS leaves as ``._name`` next to files copied to foreign disks.
 APPLE_DOUBLE_MAGIC = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "
 
@@ -148,7 +150,10 @@ def make_specs(split: str, n: int, seed: int) -> list[PersonSpec]:
     ages = [_sample_age(rng, groups[i]) for i in order]
 
     # Real ids run from 000001 with gaps; a few carry a "-1" suffix.
-    numbers = np.sort(rng.choice(np.arange(1, 3 * n + 11), size=n, replace=False))
+    # The ids of DATASET.md's known label errors are left out: label_fixes.csv would otherwise "fix"
+    # a synthetic person whose labels are right.
+    candidates = np.array([k for k in range(1, 3 * n + 11 + len(KNOWN_FIX_NUMBERS)) if k not in KNOWN_FIX_NUMBERS])
+    numbers = np.sort(rng.choice(candidates[: 3 * n + 10], size=n, replace=False))
     suffixed = set(rng.choice(n, size=max(1, round(0.03 * n)), replace=False).tolist()) if n >= 2 else set()
     junk_rate = 0.3 if split == "train" else 0.1
     junk = set(rng.choice(n, size=max(1, round(junk_rate * n)), replace=False).tolist()) if n >= 1 else set()
