@@ -251,7 +251,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--run", required=True, help="run directory written by train.py (outputs go here too)")
     parser.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint PATH")
-    parser.add_argument("--data-dir", default="data", help="dataset root (holds eval/info.csv)")
+    parser.add_argument(
+        "--data-dir", default=None, help="dataset root holding eval/info.csv (default: the run's training --data-dir)"
+    )
     parser.add_argument(
         "--image-dir",
         default="auto",
@@ -273,7 +275,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict:
-    run, data_dir = Path(args.run), Path(args.data_dir)
+    run = Path(args.run)
     if not run.is_dir():
         raise UserError(f"run directory {run} does not exist; pass a directory train.py wrote")
     if args.batch_size < 1 or args.workers < 0:
@@ -281,6 +283,10 @@ def main(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     ckpt_path, ckpt = resolve_checkpoint(run, args.checkpoint)
     meta = ckpt["meta"]
+    # The eval set sits beside the training data in the competition layout, so the run knows where it is.
+    data_dir = Path(args.data_dir or meta.get("args", {}).get("data_dir") or "data")
+    if args.data_dir is None:
+        print(f"data: {data_dir} (the run's --data-dir; pass --data-dir to predict another folder)")
     image_dir = choose_image_dir(data_dir, args.image_dir, meta)
     table = dataset.read_eval_table(data_dir, image_dir)
     ids, paths = [t[0] for t in table], [Path(t[1]) for t in table]

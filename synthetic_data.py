@@ -123,7 +123,7 @@ def _sample_age(rng: np.random.Generator, group: int) -> int:
     elif group == 1:
         ages = np.arange(30, 60)
         # Few persons just under 60 keep the old/middle boundary hard but not hopeless.
-        weights = np.where(ages < 50, 1.0, np.where(ages < 57, 4.0, 1.5))
+        weights = np.where(ages < 50, 2.0, np.where(ages < 57, 4.0, 1.5))
     else:
         ages = np.arange(60, 71)
         weights = np.array([8, 2, 2, 2, 1.5, 1.5, 1.5, 1, 1, 1, 1], float)
@@ -237,7 +237,7 @@ def age_cues(age: float) -> tuple[float, float, float, float]:
     adult = _sigmoid((age - 29.5) / 1.6)
     old = _sigmoid((age - 58.8) / 1.4)
     grey = 0.45 * min(1.0, max(0.0, (age - 30) / 27)) + 0.55 * old
-    wrinkle = 0.25 * adult + 0.3 * min(1.0, max(0.0, (age - 30) / 27)) + 0.45 * old
+    wrinkle = 0.4 * adult + 0.25 * min(1.0, max(0.0, (age - 30) / 27)) + 0.35 * old
     return adult, old, grey, wrinkle
 
 
@@ -436,7 +436,7 @@ def render_person_base(lk: Look, rng: np.random.Generator) -> Image.Image:
             p.poly(_face_outline(lk, sc, 40, dy=-b * 0.05 * k / 3), fill=_scale(skin, f))
         for sgn in (-1, 1):
             p.ellipse(cx + sgn * eye_dx, eye_y - a * 0.03, a * 0.3, a * 0.17, fill=_scale(skin, 0.8))
-            blush = 0.08 + 0.14 * (1 - lk.adult)  # rosy young cheeks
+            blush = 0.05 + 0.25 * (1 - lk.adult)  # rosy young cheeks: an age cue a fringe cannot hide
             p.ellipse(cx + sgn * a * 0.55, cy + b * 0.25, a * 0.2, b * 0.1, fill=_mix(skin, (235, 110, 110), blush))
         p.poly([(cx - a * 0.05, eye_y), (cx - a * 0.15, nose_y), (cx - a * 0.03, nose_y)], fill=_scale(skin, 0.84))
         p.ellipse(cx + a * 0.03, eye_y + a * 0.2, a * 0.04, a * 0.16, fill=_scale(skin, 1.06))  # nose bridge highlight
@@ -503,7 +503,7 @@ def render_person_base(lk: Look, rng: np.random.Generator) -> Image.Image:
             pen.line(
                 [(cx - a * 0.45, y + 2), (cx - a * 0.15, y - 2), (cx + a * 0.15, y - 2), (cx + a * 0.45, y + 2)],
                 fill=col,
-                width=1.4 + 2.4 * w,
+                width=2.0 + 2.4 * w,
             )
     for sgn in (-1, 1):
         ex = cx + sgn * (eye_dx + ew + 3)
@@ -521,7 +521,7 @@ def render_person_base(lk: Look, rng: np.random.Generator) -> Image.Image:
                 fill=col,
                 width=1.0 + 2.4 * w,
             )
-    bags = 0.3 * lk.adult + 0.7 * old  # faint shadows under the eyes from 30, heavy bags and jowls when old
+    bags = 0.6 * lk.adult + 0.4 * old  # faint shadows under the eyes from 30, heavy bags and jowls when old
     col = _scale(skin, 1 - 0.45 * bags)
     for sgn in (-1, 1):
         bag = _ellipse_pts(cx + sgn * eye_dx, eye_y + eh * 1.3, ew * 0.85, eh * 1.3, 0.2, math.pi - 0.2, 10)
