@@ -26,11 +26,11 @@ lint: install
 # The whole competition workflow on the embedded synthetic data, inside demo/ (git-ignored).
 # Every line is the real script with real arguments: swap demo/data for your data folder.
 DEMO := demo
-DEMO_TRAIN := --data-dir $(DEMO)/data --output-dir $(DEMO)/runs --model $(DEMO_MODEL) --no-pretrained \
-	--resize $(DEMO_SIZE) --cache --folds 5 --head multi --cutmix 0.5 --epochs $(DEMO_EPOCHS) --batch-size 32 --lr 0.003 --workers 0
 DEMO_MODEL ?= timm:resnet10t
 DEMO_SIZE ?= 96 72
 DEMO_EPOCHS ?= 20
+DEMO_TRAIN := --data-dir $(DEMO)/data --output-dir $(DEMO)/runs --model $(DEMO_MODEL) --no-pretrained \
+	--resize $(DEMO_SIZE) --cache --folds 5 --head multi --cutmix 0.5 --epochs $(DEMO_EPOCHS) --batch-size 32 --lr 0.003 --workers 0
 ANSWERS := --answers $(DEMO)/data/eval/answers.csv
 
 demo: install
@@ -38,8 +38,10 @@ demo: install
 	$(BIN)/python synthetic_data.py --out $(DEMO)/data --seed $(SEED) --workers 2
 	$(BIN)/python dataset.py --data-dir $(DEMO)/data --folds 5 --seed 42
 	$(BIN)/python crop_faces.py --data-dir $(DEMO)/data --preview 16
-	$(BIN)/python train.py $(DEMO_TRAIN) --fold 0 --name fold0
-	$(BIN)/python train.py $(DEMO_TRAIN) --fold 1 --name fold1
+	@echo "# folds 0 and 1 train side by side, one core each (fold 1 logs to $(DEMO)/train_fold1.log)"
+	OMP_NUM_THREADS=1 $(BIN)/python train.py $(DEMO_TRAIN) --fold 1 --name fold1 > $(DEMO)/train_fold1.log 2>&1 & pid=$$!; \
+	OMP_NUM_THREADS=1 $(BIN)/python train.py $(DEMO_TRAIN) --fold 0 --name fold0; status=$$?; \
+	wait $$pid || { tail -n 3 $(DEMO)/train_fold1.log; exit 1; }; tail -n 1 $(DEMO)/train_fold1.log; exit $$status
 	$(BIN)/python inference.py --run $(DEMO)/runs/fold0 --tta flip $(ANSWERS)
 	$(BIN)/python inference.py --run $(DEMO)/runs/fold1 --tta flip $(ANSWERS)
 	$(BIN)/python ensemble.py --mode hard --runs-dir $(DEMO)/runs --out $(DEMO)/submission_hard.csv $(ANSWERS)

@@ -1,0 +1,382 @@
+"""Benchmark crop_faces.py against the naive MTCNN loop on the same photos, in one run.
+
+    python bench/crop_speed.py --photos 64 --repeats 3 [--levers] [--synthetic 10]
+
+The photos are real faces: matplotlib's sample ``grace_hopper.jpg`` pasted, scaled to 150-250 px
+face widths, at varied positions onto varied 384x512 backgrounds (``compose_face_photo``, shared with
+tests/test_crop_faces.py). The baseline is the loop anyone would write first: ``MTCNN()`` with default
+parameters, ``detect`` on one PIL image at a time, crop, save (JPEG q95). Both run on the same cores,
+alternating, ``--repeats`` times; medians are reported, plus the mean IoU of crop_faces' boxes
+against the baseline's (same detector, so the agreement figure is about the speed-ups only).
+``--levers`` times each speed-up on its own (detection only, photos already decoded) and profiles
+the baseline; ``--synthetic N`` repeats the comparison on synthetic_data.py photos of N persons.
+
+On a machine other jobs are using, the baseline's two torch threads wait on each other at every one
+of its thousands of tiny ops and it slows down far more than crop_faces (whose detection streams run
+one thread each): the load average is printed, and ``--baseline-threads 1`` gives the conservative
+ratio against the baseline's best setting on a busy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import functools
+import io
+import os
+import pstats
+import shutil
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import crop_faces  # noqa: E402
+from utils import run_main  # noqa: E402
+
+PHOTO_SIZE = (384, 512)
+# MTCNN's box on the untouched grace_hopper.jpg (512x600), used to place the face and as the
+# ground truth of where it ends up after scaling and pasting.
+GRACE_FACE = (174.4, 119.6, 355.6, 340.5)
+BACKGROUNDS = ("gradient", "noise", "stripes", "flat")
+
+
+def grace_hopper_path() -> Path:
+    import matplotlib
+
+    return Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+
+
+def compose_face_photo(
+    face_width: float = 200.0,
+    center: tuple[float, float] = (192.0, 240.0),
+    background: str = "gradient",
+    seed: int = 0,
+    size: tuple[int, int] = PHOTO_SIZE,
+) -> tuple[Image.Image, tuple[float, float, float, float]]:
+    """A ``size`` RGB photo with Grace Hopper's face ``face_width`` px wide centred at ``center``.
+
+    Returns the photo and the expected face box (the reference MTCNN box, scaled and moved). Her head
+    and shoulders are pasted through a soft oval so the background shows around them.
+    """
+    rng = np.random.default_rng(seed)
+    width, height = size
+    if background == "noise":
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    elif background == "stripes":
+        period = int(rng.integers(8, 40))
+        stripe = ((np.arange(width) // period) % 2).astype(np.uint8)[None, :, None]
+        c0, c1 = rng.integers(0, 256, 3, dtype=np.uint8), rng.integers(0, 256, 3, dtype=np.uint8)
+        pixels = np.where(stripe, c0, c1).repeat(height, axis=0).astype(np.uint8)
+    elif background == "flat":
+        pixels = np.broadcast_to(rng.integers(0, 256, 3, dtype=np.uint8), (height, width, 3)).copy()
+    else:
+        c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        t = np.linspace(0.0, 1.0, height)[:, None, None]
+        pixels = (c0 * (1 - t) + c1 * t).repeat(width, axis=1).astype(np.uint8)
+    photo = Image.fromarray(pixels)
+
+    with Image.open(grace_hopper_path()) as src:
+        scale = face_width / (GRACE_FACE[2] - GRACE_FACE[0])
+        grace = src.convert("RGB").resize((round(src.width * scale), round(src.height * scale)), Image.BILINEAR)
+    fx, fy = (GRACE_FACE[0] + GRACE_FACE[2]) / 2 * scale, (GRACE_FACE[1] + GRACE_FACE[3]) / 2 * scale
+    ox, oy = round(center[0] - fx), round(center[1] - fy)
+    oval = Image.new("L", grace.size, 0)
+    ImageDraw.Draw(oval).ellipse(
+        (fx - 1.1 * face_width, fy - 1.2 * face_width, fx + 1.1 * face_width, fy + 2.5 * face_width), fill=255
+    )
+    photo.paste(grace, (ox, oy), oval.filter(ImageFilter.GaussianBlur(4)))
+    box = tuple(v * scale + o for v, o in zip(GRACE_FACE, (ox, oy, ox, oy)))
+    return photo, box
+
+
+def random_face_photos(n: int, seed: int = 0) -> list[tuple[Image.Image, tuple]]:
+    """``n`` photos with face widths 150-250 px, centres jittered around the middle, mixed backgrounds."""
+    rng = np.random.default_rng(seed)
+    photos = []
+    for i in range(n):
+        face_width = float(rng.uniform(150, 250))
+        center = (float(rng.uniform(150, 234)), float(rng.uniform(190, 290)))
+        photos.append(compose_face_photo(face_width, center, BACKGROUNDS[i % len(BACKGROUNDS)], seed * 100_003 + i))
+    return photos
+
+
+# --------------------------------------------------------------------------- the two contenders
+def naive_loop(files: list[Path], out_dir: Path, margin, threads: int | None = None) -> tuple[list, float]:
+    """The baseline: default MTCNN, one PIL image per ``detect``, crop, save. Returns (boxes, seconds).
+
+    ``threads`` (torch intra-op threads for the loop) defaults to torch's own choice, one per core.
+    """
+    from facenet_pytorch import MTCNN
+
+    with crop_faces.torch_threads(threads):
+        return _naive_loop(MTCNN(), files, out_dir, margin)
+
+
+def _naive_loop(mtcnn, files: list[Path], out_dir: Path, margin) -> tuple[list, float]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    boxes = []
+    start = time.perf_counter()
+    for path in files:
+        img = Image.open(path).convert("RGB")
+        found, _ = mtcnn.detect(img)
+        box = tuple(found[0]) if found is not None else None  # default MTCNN sorts the largest first
+        region = box or (0.25 * img.width, 0.2 * img.height, 0.75 * img.width, 0.65 * img.height)
+        crop = crop_faces.crop_region(region, margin, img.width, img.height)
+        img.crop(crop).save(out_dir / path.name, quality=95)
+        boxes.append(box)
+    return boxes, time.perf_counter() - start
+
+
+def project_pipeline(split_dir: Path, detector, batch_size: int, workers: int, streams: int) -> tuple[dict, float]:
+    start = time.perf_counter()
+    result = crop_faces.crop_split(
+        split_dir, detector, batch_size=batch_size, workers=workers, detect_streams=streams, force=True, progress=False
+    )
+    return result.rows, time.perf_counter() - start
+
+
+def write_photos(split_dir: Path, photos) -> list[Path]:
+    images = split_dir / "images"
+    if split_dir.exists():
+        shutil.rmtree(split_dir)
+    images.mkdir(parents=True)
+    files = []
+    for i, (photo, _) in enumerate(photos):
+        files.append(images / f"{i:04d}.jpg")
+        photo.save(files[-1], quality=95)
+    return files
+
+
+def compare(name: str, split_dir: Path, files: list[Path], args, detector) -> dict:
+    """Alternate baseline and project ``repeats`` times on ``files``; print and return the medians."""
+    margin = crop_faces.DEFAULT_MARGIN
+    base_rates, proj_rates, ratios = [], [], []
+    for r in range(args.repeats):
+        order = ("base", "proj") if r % 2 == 0 else ("proj", "base")
+        for who in order:
+            if who == "base":
+                base_boxes, seconds = naive_loop(files, split_dir / "naive", margin, args.baseline_threads)
+                base_rates.append(len(files) / seconds)
+            else:
+                rows, seconds = project_pipeline(
+                    split_dir, detector, args.batch_size, args.workers, args.detect_streams
+                )
+                proj_rates.append(len(files) / seconds)
+        ratios.append(proj_rates[-1] / base_rates[-1])
+        print(f"  {name} run {r + 1}: project {proj_rates[-1]:.1f} img/s, baseline {base_rates[-1]:.1f} img/s")
+    pairs = [(b, rows[f.relative_to(split_dir / "images").as_posix()]) for f, b in zip(files, base_boxes)]
+    both = [crop_faces.box_iou(b, row.box) for b, row in pairs if b is not None and row.method == "mtcnn"]
+    base_found = sum(b is not None for b, _ in pairs)
+    proj_found = sum(row.method == "mtcnn" for _, row in pairs)
+    proj, base = statistics.median(proj_rates), statistics.median(base_rates)
+    print(
+        f"bench crop_faces: project {proj:.1f} img/s, baseline {base:.1f} img/s, ratio {proj / base:.2f} "
+        f"({name}, {len(files)} photos, median of {args.repeats}; per-run ratio median {statistics.median(ratios):.2f})"
+    )
+    mean_iou = float(np.mean(both)) if both else float("nan")
+    print(
+        f"  {name} agreement: mean IoU {mean_iou:.3f} (min {min(both, default=float('nan')):.3f}) over {len(both)} "
+        f"photos both detected; faces found: baseline {base_found}/{len(files)}, project {proj_found}/{len(files)}"
+    )
+    only_base = [b for b, row in pairs if b is not None and row.method != "mtcnn"]
+    if only_base:
+        small = sum(b[2] - b[0] < detector.min_face_size for b in only_base)
+        print(f"  {name}: of the {len(only_base)} baseline-only boxes, {small} are narrower than the minimum face size")
+    return {"project": proj, "baseline": base, "ratio": proj / base, "iou": mean_iou}
+
+
+# --------------------------------------------------------------------------- levers
+def _rate(fn, n: int, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return n / statistics.median(times)
+
+
+def levers(split_dir: Path, files: list[Path], repeats: int, batch_size: int) -> None:
+    """Detection-only rates of each speed-up, their box agreement with the baseline, and I/O costs."""
+    import torch
+    from facenet_pytorch import MTCNN
+
+    pil = [Image.open(f).convert("RGB") for f in files]
+    arrays = [np.asarray(im) for im in pil]
+    n = len(files)
+    default = MTCNN()
+    ref = [tuple(default.detect(im)[0][0]) for im in pil]
+
+    def agree(boxes) -> str:
+        ious = [crop_faces.box_iou(a, b) if b is not None else 0.0 for a, b in zip(ref, boxes)]
+        return f"IoU {np.mean(ious):.3f} (min {np.min(ious):.3f})"
+
+    def per_image(mtcnn):
+        out = []
+        for im in pil:
+            found, _ = mtcnn.detect(im)
+            out.append(None if found is None else tuple(found[0]))
+        return out
+
+    def first_boxes(found, chunk, downscale=1):
+        out = []
+        for f, a in zip(found, chunk):
+            j = None if f is None else crop_faces.select_face(f[0], f[1], a.shape[1], a.shape[0])
+            out.append(None if f is None else tuple(f[0][j] * downscale))
+        return out
+
+    def batched(detector, batch, contiguous=True, downscale=1, streams=1):
+        def one(i):
+            chunk = arrays[i : i + batch]
+            if downscale > 1:
+                chunk = [np.asarray(Image.fromarray(a).reduce(downscale)) for a in chunk]
+            if contiguous:
+                return first_boxes(detector.detect(chunk), chunk, downscale)
+            boxes, probs = detector.mtcnn.detect([Image.fromarray(a) for a in chunk])
+            found = [None if b is None else (np.asarray(b, float), np.asarray(p, float)) for b, p in zip(boxes, probs)]
+            return first_boxes(found, chunk, downscale)
+
+        starts = range(0, n, batch)
+        if streams == 1:
+            return [box for i in starts for box in one(i)]
+        with crop_faces.torch_threads(max(1, torch.get_num_threads() // streams)), ThreadPoolExecutor(streams) as pool:
+            return [box for boxes in pool.map(one, starts) for box in boxes]
+
+    def one_thread(fn):
+        def run():
+            with crop_faces.torch_threads(1):
+                return fn()
+
+        return run
+
+    snapped = crop_faces.snap_min_face_size(80)
+    off_grid, on_grid = MTCNN(min_face_size=80), MTCNN(min_face_size=snapped)
+    det = crop_faces.FaceDetector(snapped)
+    plain = crop_faces.FaceDetector(snapped)
+    for net in (plain.mtcnn.rnet, plain.mtcnn.onet):
+        net.to(memory_format=torch.contiguous_format)
+    half = crop_faces.FaceDetector(snapped / 2)
+    bigger = crop_faces.FaceDetector(crop_faces.snap_min_face_size(112))
+    variants = [
+        ("baseline: MTCNN() per PIL image", lambda: per_image(default)),
+        ("baseline with torch.set_num_threads(1)", one_thread(lambda: per_image(default))),
+        ("min_face_size 80 (off the pyramid grid)", lambda: per_image(off_grid)),
+        (f"min_face_size {snapped:.1f} (snapped to 20/0.709**4)", lambda: per_image(on_grid)),
+        ("  + batch 8 of PIL images", lambda: batched(plain, 8, contiguous=False)),
+        ("  + contiguous NCHW float tensor", lambda: batched(plain, 8)),
+        ("  + channels-last R-Net/O-Net", lambda: batched(det, 8)),
+        ("  + batch 16 instead of 8", lambda: batched(det, 16)),
+        ("  + 1 torch thread", one_thread(lambda: batched(det, 8))),
+        ("  + 2 streams x 1 torch thread (crop_faces)", lambda: batched(det, 8, streams=2)),
+        (
+            f"  + half-res detection (reduce 2, min face {snapped / 2:.1f}) [unused]",
+            lambda: batched(half, 8, downscale=2, streams=2),
+        ),
+        (
+            f"  + min_face_size {bigger.min_face_size:.1f} instead [unused]",
+            lambda: batched(bigger, 8, streams=2),
+        ),
+    ]
+    print(f"levers (detection only, {n} decoded 384x512 photos, torch threads {torch.get_num_threads()}):")
+    base_rate = None
+    for label, fn in variants:
+        boxes = fn()
+        rate = _rate(fn, n, repeats)
+        base_rate = base_rate or rate
+        print(f"  {label:72s} {rate:6.1f} img/s  x{rate / base_rate:4.2f}  {agree(boxes)}")
+
+    print("levers (whole crop_faces pipeline: decode, detect, crop, encode, manifest):")
+    for workers, streams in ((0, 1), (2, 1), (0, 2), (2, 2)):
+        run = functools.partial(project_pipeline, split_dir, det, batch_size, workers, streams)
+        rate = _rate(run, n, repeats)
+        print(f"  {f'--workers {workers} --detect-streams {streams}':72s} {rate:6.1f} img/s  x{rate / base_rate:4.2f}")
+
+    def decode(draft: bool):
+        for f in files:
+            with Image.open(f) as im:
+                if draft:
+                    im.draft("RGB", (im.width // 2, im.height // 2))
+                im.load()
+
+    def encode():
+        for a in arrays:
+            Image.fromarray(a[60:460, 50:330]).save(io.BytesIO(), "JPEG", quality=95)
+
+    for label, fn in (
+        ("JPEG decode, full size", lambda: decode(False)),
+        ("JPEG decode, draft mode 1/2 [unused: crops need full size]", lambda: decode(True)),
+        ("JPEG encode of a 280x400 crop, q95", encode),
+    ):
+        print(f"  {label:72s} {_rate(fn, n, repeats):6.1f} img/s")
+
+    print("profile of the baseline loop (top 8 by own time):")
+    prof = cProfile.Profile()
+    prof.runcall(per_image, default)
+    stats = pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime")
+    stats.print_stats(8)
+
+
+# --------------------------------------------------------------------------- CLI
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--photos", type=int, default=64, help="grace_hopper photos to compose")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each contender")
+    parser.add_argument("--batch-size", type=int, default=8, help="crop_faces --batch-size")
+    parser.add_argument("--workers", type=int, default=2, help="crop_faces --workers")
+    parser.add_argument("--detect-streams", type=int, default=2, help="crop_faces --detect-streams")
+    parser.add_argument(
+        "--baseline-threads",
+        type=int,
+        default=None,
+        help="torch threads for the baseline (default: torch's, one per core; 1 is its best on a busy machine)",
+    )
+    parser.add_argument("--levers", action="store_true", help="also time each speed-up alone and profile the baseline")
+    parser.add_argument(
+        "--synthetic", type=int, default=0, metavar="N", help="also bench synthetic_data.py photos of N persons"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent / "out" / "crop_speed", help="scratch folder"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    print(
+        f"machine: {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, torch {torch.__version__}, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    detector = crop_faces.FaceDetector(crop_faces.DEFAULT_MIN_FACE_SIZE, "cpu")
+    grace_dir = args.out / "grace" / "eval"
+    grace_files = write_photos(grace_dir, random_face_photos(args.photos, args.seed))
+    compare("grace_hopper", grace_dir, grace_files, args, detector)
+    if args.synthetic:
+        try:
+            from synthetic_data import generate
+        except ImportError:
+            print("synthetic_data.generate not available; skipping --synthetic")
+        else:
+            root = args.out / "synthetic"
+            shutil.rmtree(root, ignore_errors=True)
+            generate(root, train_persons=args.synthetic, eval_persons=1, seed=args.seed)
+            split_dir = root / "train"
+            files = [split_dir / "images" / rel for rel in crop_faces.list_images(split_dir / "images")]
+            compare("synthetic", split_dir, files, args, detector)
+    if args.levers:
+        levers(grace_dir, grace_files, args.repeats, args.batch_size)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(get_args_parser().parse_args()))

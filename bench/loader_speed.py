@@ -1,0 +1,299 @@
+"""python bench/loader_speed.py --repeats 3 --workers 2 --batch-size 32 --epochs 4 [--profile] [--quick]
+
+Input pipeline: images/s the training loader delivers, project vs the boostcamp baseline, same output
+size (--resize H W, train.py's default 128x96), batch size and number of workers.
+
+- project: train.build_loaders (the loader train.py uses: SeededSampler/SeededDataset over
+  dataset.TrainDataset) on the face crops, with dataset.ImageCache (uint8, filled once) and
+  dataset.train_transform (torchvision v2 on tensors: flip, colour jitter, affine, normalise).
+- baseline: PIL.Image.open(full 384x512 photo).convert("RGB") -> transforms.Resize(size, BILINEAR)
+  -> ToTensor() -> Normalize(mean, std) in a plain Dataset, shuffled DataLoader, drop_last; it gets
+  persistent workers too, so the steady-state ratio is about the data path only.
+
+Each repeat builds fresh loaders and runs --epochs epochs: "first epoch" is building the loader
+(the project's cache fill included) plus epoch 1; "steady state" is epochs 2+. Lever lines time the
+pieces (cache off, full photos, workers 0); --profile writes a per-stage and cProfile breakdown
+of one sample of each pipeline to bench/out/loader_speed_profile.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import functools
+import io
+import pstats
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's modules: dataset, train, ...
+
+import common  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
+from torchvision import transforms as T  # noqa: E402
+
+import dataset  # noqa: E402
+from utils import UserError, run_main  # noqa: E402
+
+NAME = "loader_speed"
+
+
+# --------------------------------------------------------------------------- the baseline
+def baseline_transform(size: tuple[int, int], mean, std) -> T.Compose:
+    """boostcamp's BaseAugmentation: Resize(BILINEAR) -> ToTensor -> Normalize, torchvision v1 on PIL."""
+    return T.Compose([T.Resize(size, Image.BILINEAR), T.ToTensor(), T.Normalize(mean=mean, std=std)])
+
+
+class BaselineDataset(Dataset):
+    """boostcamp's MaskBaseDataset read path: open the photo with PIL every time, transform, label."""
+
+    def __init__(self, paths: list[Path], labels: list[int], transform):
+        self.paths, self.labels, self.transform = paths, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        image = Image.open(self.paths[index]).convert("RGB")
+        return self.transform(image), self.labels[index]
+
+
+def baseline_loader(records, size, mean, std, batch_size: int, workers: int, pin: bool) -> DataLoader:
+    ds = BaselineDataset([r.path for r in records], [r.label() for r in records], baseline_transform(size, mean, std))
+    return DataLoader(
+        ds,
+        batch_size=min(batch_size, len(ds)),
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=pin,
+        drop_last=len(ds) > batch_size,
+        persistent_workers=workers > 0,
+    )
+
+
+# --------------------------------------------------------------------------- the project
+def project_loader(
+    records, size, mean, std, batch_size: int, workers: int, pin: bool, cache: bool, seed: int = 0, augment=None
+):
+    """train.py's training loader (build_loaders) over ``records``, with or without the uint8 cache.
+
+    ``augment``: dataset.train_transform keywords for a lever (e.g. ``{"jitter": 0}``); build_loaders calls
+    train_transform with its defaults, so it is swapped for the duration of the call only.
+    """
+    import train
+
+    image_cache = dataset.ImageCache([r.path for r in records], size, progress=False, log=None) if cache else None
+    split = train.Split(train=list(records), valid=list(records[:1]))
+    original = dataset.train_transform
+    if augment:
+        dataset.train_transform = functools.partial(original, **augment)
+    try:
+        loader, _, _ = train.build_loaders(
+            split, size, mean, std, dataset.DEFAULT_OLD_THRESHOLD, batch_size, batch_size, workers, "none", seed,
+            image_cache, train.DistInfo(), pin_memory=pin,
+        )  # fmt: skip
+    finally:
+        dataset.train_transform = original
+    return loader
+
+
+def run_epochs(make_loader, epochs: int) -> dict:
+    """Build a loader and iterate it ``epochs`` times; first epoch (with the build) and the rest timed apart."""
+    start = time.perf_counter()
+    loader = make_loader()
+    build_s = time.perf_counter() - start
+    counts, seconds, shape = [], [], None
+    for epoch in range(1, epochs + 1):
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        t0, n = time.perf_counter(), 0
+        for images, _labels in loader:
+            n += images.shape[0]
+            shape = shape or (tuple(images.shape), str(images.dtype))
+        seconds.append(time.perf_counter() - t0)
+        counts.append(n)
+    del loader  # shuts the persistent workers down before the next contender starts
+    steady_n, steady_s = sum(counts[1:]), sum(seconds[1:])
+    return {
+        "build_s": build_s,
+        "first_s": build_s + seconds[0],
+        "first_rate": counts[0] / (build_s + seconds[0]),
+        "steady_rate": steady_n / steady_s if steady_s > 0 else float("nan"),
+        "epoch_rates": [n / s for n, s in zip(counts, seconds)],
+        "images_per_epoch": counts[0],
+        "batch": shape,
+    }
+
+
+# --------------------------------------------------------------------------- profile
+def _stage_times(stages, start_value, n: int) -> list[tuple[str, float]]:
+    """Mean ms of each (name, fn) stage applied in sequence to ``start_value(i)``, over n samples."""
+    totals = [0.0] * len(stages)
+    for i in range(n):
+        value = start_value(i)
+        for k, (_, fn) in enumerate(stages):
+            t0 = time.perf_counter()
+            value = fn(value)
+            totals[k] += time.perf_counter() - t0
+    return [(name, 1000 * t / n) for (name, _), t in zip(stages, totals)]
+
+
+def profile(project_records, photo_records, size, mean, std, n: int) -> str:
+    """Per-stage ms per sample of both pipelines (one process, no workers) and their cProfile tops."""
+    import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as inside a DataLoader worker
+    cache = dataset.ImageCache([r.path for r in project_records], size, progress=False, log=None)
+    v2 = dataset.train_transform(size, mean, std)
+    v1 = baseline_transform(size, mean, std)
+    photos = [r.path for r in photo_records]
+    crops = [r.path for r in project_records]
+    n = min(n, len(photos), len(crops))
+    base_stages = [("PIL open+decode+convert RGB (full photo)", lambda p: Image.open(p).convert("RGB"))] + [
+        (f"v1 {type(t).__name__}", t) for t in v1.transforms
+    ]
+    proj_stages = [("cache lookup (uint8 view)", cache.get)] + [(f"v2 {type(t).__name__}", t) for t in v2.transforms]
+    uncached = [("load_image (crop JPEG decode)", lambda p: dataset.load_image(p, size))] + [
+        (f"v2 {type(t).__name__}", t) for t in v2.transforms
+    ]
+    lines = [f"per-sample stage times, ms (mean of {n} samples, 1 thread, no workers; resize {size[0]}x{size[1]})"]
+    for title, stages, items in (
+        ("baseline (full photo, PIL + transforms v1)", base_stages, photos),
+        ("project, cached (crop, uint8 cache + transforms v2)", proj_stages, crops),
+        ("project, cache off (crop decoded each time + v2)", uncached, crops),
+    ):
+        _stage_times(stages, lambda i, items=items: items[i], min(n, 5))  # warm-up
+        times = _stage_times(stages, lambda i, items=items: items[i], n)
+        total = sum(t for _, t in times)
+        lines.append(f"\n{title}: {total:.3f} ms/sample = {1000 / total:.0f} img/s per core")
+        lines += [f"  {name:48s} {t:7.3f} ms  {100 * t / total:5.1f}%" for name, t in times]
+
+    seeded = train.SeededDataset(dataset.TrainDataset(project_records, size, v2, cache=cache))
+    base_ds = BaselineDataset(photos, [0] * len(photos), v1)
+    for title, fn in (
+        ("baseline __getitem__", lambda: [base_ds[i] for i in range(n)]),
+        ("project SeededDataset(TrainDataset, cached) __getitem__", lambda: [seeded[(i, i)] for i in range(n)]),
+    ):
+        prof = cProfile.Profile()
+        prof.runcall(fn)
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
+        lines.append(f"\ncProfile of {title} x{n} (top 12 by own time):\n{buf.getvalue().strip()}")
+    torch.set_num_threads(threads)
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- CLI
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--resize", type=int, nargs=2, default=[128, 96], metavar=("H", "W"), help="output size")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per repeat: 1 first + steady-state epochs")
+    parser.add_argument("--no-levers", dest="levers", action="store_false", help="skip the lever lines")
+    common.add_common_args(parser)
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    from utils import resolve_device
+
+    common.check_common_args(args)
+    if args.epochs < 2:
+        raise UserError("--epochs must be >= 2 (epoch 1 is reported apart from the steady state)")
+    if args.quick:
+        args.repeats, args.epochs = 1, 2
+    device = resolve_device(args.device)
+    info = common.machine(device)
+    print(common.describe_machine(info))
+    size = common.parse_size(args.resize, (128, 96))
+    mean, std = common.mean_std()
+    data_dir = common.bench_data(args.out, args.train_persons, args.eval_persons, args.seed, args.crops)
+    crops = dataset.build_image_table(data_dir, "crops", log=None)
+    photos = dataset.build_image_table(data_dir, "images", log=None)
+    pin = device.type == "cuda"
+    bs, w = args.batch_size, args.workers
+    print(
+        f"data: {data_dir} ({len(photos)} train photos 384x512 and their crops), output {size[0]}x{size[1]}, "
+        f"batch {bs}, workers {w}, {args.epochs} epochs x {args.repeats} repeats"
+    )
+
+    def loader(records=crops, workers=w, cache=True, augment=None):
+        make = functools.partial(project_loader, records, size, mean, std, bs, workers, pin, cache, args.seed, augment)
+        return lambda: run_epochs(make, args.epochs)
+
+    contenders = {
+        "project": loader(),
+        "baseline": lambda: run_epochs(lambda: baseline_loader(photos, size, mean, std, bs, w, pin), args.epochs),
+    }
+    if args.levers:
+        no_affine = {"degrees": 0, "translate": 0, "scale": 0}
+        contenders.update(
+            {
+                "project, augmentation off (resize + normalise: the baseline's work)": loader(
+                    augment={"hflip": 0, "jitter": 0, **no_affine}
+                ),
+                "project without RandomAffine (flip + jitter only)": loader(augment=no_affine),
+                "project, cache off (crops decoded every epoch)": loader(cache=False),
+                "project on full photos, cached": loader(records=photos),
+                "project, cached, workers 0": loader(workers=0),
+                "baseline on crops (PIL + v1)": lambda: run_epochs(
+                    lambda: baseline_loader(crops, size, mean, std, bs, w, pin), args.epochs
+                ),
+            }
+        )
+    # Levers run in the same rounds as the two contenders, so load drifts hit every ratio alike.
+    runs = common.alternate(contenders, args.repeats)
+    shapes = {name: r[0]["batch"] for name, r in runs.items()}
+    if shapes["project"] != shapes["baseline"]:
+        raise RuntimeError(f"the two loaders deliver different batches: {shapes}")
+    med = {
+        name: {k: common.median([r[k] for r in rs]) for k in ("steady_rate", "first_rate", "build_s")}
+        for name, rs in runs.items()
+    }
+    figures = [
+        common.figure(
+            "loader",
+            med["project"]["steady_rate"],
+            med["baseline"]["steady_rate"],
+            f"steady state, epochs 2-{args.epochs}, {w} workers, batch {shapes['project'][0]}, "
+            f"median of {args.repeats}",
+        ),
+        common.figure(
+            "loader_first_epoch",
+            med["project"]["first_rate"],
+            med["baseline"]["first_rate"],
+            f"loader build + epoch 1; project cache fill {med['project']['build_s']:.2f}s of it",
+        ),
+    ]
+    levers = [
+        common.lever(
+            name,
+            m["steady_rate"],
+            med["baseline"]["steady_rate"],
+            "baseline",
+            f"first epoch {m['first_rate']:.1f} img/s",
+        )
+        for name, m in med.items()
+        if name not in ("project", "baseline")
+    ]
+    payload = {
+        "machine": info,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "data": {"dir": str(data_dir), **common.data_summary(data_dir)},
+        "figures": figures,
+        "levers": levers,
+        "runs": runs,
+    }
+    if args.profile:
+        text = profile(crops, photos, size, mean, std, n=20 if args.quick else 200)
+        print(text)
+        payload["profile"] = str(common.write_profile(args.out, NAME, text))
+    common.write_results(args.out, NAME, payload)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(get_args_parser().parse_args()))

@@ -1,0 +1,118 @@
+"""Smoke tests of the bench/ scripts in --quick mode: they run, print their ``bench`` lines, write JSON.
+
+No timing is asserted (benchmarks are scripts, not tests); the bench data are 3 synthetic persons with
+centre crops, made once for the module.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+import common  # noqa: E402
+
+LINE = re.compile(r"^bench (\w+): project ([\d.]+) img/s, baseline ([\d.]+) img/s, ratio ([\d.]+|nan)")
+DATA = ["--train-persons", "3", "--eval-persons", "1", "--crops", "center", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared, busy machine two OpenMP threads wait on each other for ages."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    common.bench_data(out, 3, 1, seed=0, crops="center", progress=False)
+    return out
+
+
+def run(module: str, out: Path, capsys, *extra: str) -> tuple[str, dict]:
+    """Run a bench script's main in this process; (stdout, the JSON it wrote)."""
+    mod = __import__(module)
+    args = mod.get_args_parser().parse_args(["--quick", "--out", str(out), *DATA, *extra])
+    assert mod.main(args) == 0
+    stdout = capsys.readouterr().out
+    return stdout, json.loads((out / f"{mod.NAME}.json").read_text())
+
+
+def bench_lines(stdout: str) -> dict[str, tuple[float, float, float]]:
+    found = {}
+    for line in stdout.splitlines():
+        m = LINE.match(line)
+        if m:
+            found[m.group(1)] = tuple(float(m.group(k)) for k in (2, 3, 4))
+    return found
+
+
+def test_figure_line_format(capsys):
+    fig = common.figure("demo", 300.0, 100.0, "note")
+    assert capsys.readouterr().out.strip() == "bench demo: project 300.0 img/s, baseline 100.0 img/s, ratio 3.00 (note)"
+    assert fig["ratio"] == pytest.approx(3.0)
+
+
+def test_alternate_rotates_who_goes_first():
+    order = []
+    runs = common.alternate({"a": lambda: order.append("a") or 1, "b": lambda: order.append("b") or 2}, 3)
+    assert order == ["a", "b", "b", "a", "a", "b"]
+    assert runs == {"a": [1, 1, 1], "b": [2, 2, 2]}
+
+
+def test_bench_data_is_cached_with_crops(out):
+    data_dir = common.bench_data(out, 3, 1, seed=0, crops="center", progress=False)  # second call: cached
+    assert (data_dir / "train" / "crops_manifest.csv").is_file() and (
+        data_dir / "eval" / "crops_manifest.csv"
+    ).is_file()
+    assert common.data_summary(data_dir)["crops"] == "center"
+    import dataset
+
+    crops, photos = (dataset.build_image_table(data_dir, d, log=None) for d in ("crops", "images"))
+    assert [r.rel for r in crops] == [r.rel for r in photos] and len(crops) == 21
+
+
+def test_loader_speed_quick(out, capsys):
+    stdout, result = run("loader_speed", out, capsys, "--profile")
+    lines = bench_lines(stdout)
+    assert {"loader", "loader_first_epoch"} <= set(lines)
+    assert [f["name"] for f in result["figures"]] == ["loader", "loader_first_epoch"]
+    assert len(result["levers"]) == 6
+    assert "baseline (full photo" in (out / "loader_speed_profile.txt").read_text()
+
+
+def test_train_speed_quick(out, capsys):
+    stdout, result = run("train_speed", out, capsys)
+    assert {"train_step", "train_step_nchw", "train_step_bf16"} <= set(bench_lines(stdout))
+    assert result["config"]["size"] == [32, 24] and not result["unavailable"]
+
+
+def test_infer_speed_quick(out, capsys):
+    stdout, result = run("infer_speed", out, capsys, "--no-levers")
+    assert "inference" in bench_lines(stdout)
+    assert result["data"]["images"] == 7
+
+
+def test_memory_quick(out, capsys):
+    stdout, result = run("memory", out, capsys, "--workers", "1")
+    line = next(s for s in stdout.splitlines() if s.startswith("bench memory:"))
+    assert re.match(r"bench memory: peak RSS [\d.]+ GiB, cache [\d.]+ GiB, budget [\d.]+ GiB .*(ok|OVER BUDGET)$", line)
+    fig = result["figures"][0]
+    assert fig["peak_rss_gib"] > 0 and fig["budget_gib"] == pytest.approx(fig["cache_gib"] + 1.5)
+
+
+def test_scaling_quick(out, capsys):
+    stdout, result = run("scaling", out, capsys)
+    assert "scaling" in bench_lines(stdout)
+    assert len(result["runs"]["ddp"]) == len(result["runs"]["single"]) == 1

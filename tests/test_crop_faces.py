@@ -1,0 +1,323 @@
+"""crop_faces.py: crops contain the face (EXIF applied), fallback/override/error rows, mirror tree, reruns."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
+
+from crop_speed import compose_face_photo  # noqa: E402
+
+import crop_faces  # noqa: E402
+from utils import UserError  # noqa: E402
+
+P1, P2 = "000001_female_Asian_45", "000002_male_Asian_61"
+OVERRIDE_BOX = (60.0, 80.0, 300.0, 380.0)
+# path relative to <split>/images -> face box in the upright frame (None: no face in the photo)
+FACES = {
+    "train": {
+        f"{P1}/normal.jpg": (200, (192, 240), "gradient"),
+        f"{P1}/incorrect_mask.png": (180, (200, 250), "noise"),
+        f"{P1}/mask1.jpg": None,
+        f"{P1}/mask2.jpeg": (190, (170, 260), "stripes"),  # stored rotated, EXIF Orientation=6
+        f"{P1}/mask3.JPG": (230, (195, 235), "flat"),
+        f"{P2}/normal.jpg": (160, (210, 270), "gradient"),
+        f"{P2}/mask1.jpg": (210, (185, 245), "noise"),  # has an override
+    },
+    "eval": {
+        "face.jpg": (170, (190, 250), "stripes"),
+        "noface.jpg": None,
+        "broken.jpg": (200, (192, 240), "gradient"),  # truncated below
+    },
+}
+OVERRIDES = [("train", f"{P2}/mask1.jpg", OVERRIDE_BOX)]
+
+
+def _write_photo(path: Path, spec, seed: int) -> tuple | None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if spec is None:
+        rng = np.random.default_rng(seed)
+        ramp = np.linspace(40, 220, 512, dtype=np.float32)[:, None, None]
+        pixels = np.clip(ramp + rng.normal(0, 25, (512, 384, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(path, quality=95)
+        return None
+    photo, box = compose_face_photo(spec[0], spec[1], spec[2], seed)
+    if path.name == "mask2.jpeg":
+        # Stored turned 90 degrees counter-clockwise; Orientation=6 tells viewers to turn it back.
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        photo.transpose(Image.Transpose.ROTATE_90).save(path, quality=95, exif=exif.tobytes())
+    elif path.suffix.lower() == ".png":
+        photo.save(path)
+    else:
+        photo.save(path, quality=95)
+    return box
+
+
+def _tree_hashes(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+def _stats(folder: Path) -> dict[str, tuple[int, int]]:
+    return {
+        p.relative_to(folder).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+def _manifest(split_dir: Path) -> dict[str, dict[str, str]]:
+    with open(split_dir / crop_faces.MANIFEST_NAME, newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == crop_faces.MANIFEST_COLUMNS
+        return {row["path"]: row for row in reader}
+
+
+def _box(row: dict[str, str], prefix: str = "") -> tuple[float, ...]:
+    return tuple(float(row[prefix + k]) for k in ("x1", "y1", "x2", "y2"))
+
+
+def _run(data_dir: Path, *extra: str) -> int:
+    args = crop_faces.get_args_parser().parse_args(["--data-dir", str(data_dir), "--device", "cpu", *extra])
+    return crop_faces.main(args)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """The dataset, cropped once (with overrides and a preview); hashes of the sources from before."""
+    root = tmp_path_factory.mktemp("crop") / "data"
+    truth: dict[str, dict[str, tuple | None]] = {}
+    for split, files in FACES.items():
+        truth[split] = {}
+        for i, (rel, spec) in enumerate(files.items()):
+            truth[split][rel] = _write_photo(root / split / "images" / rel, spec, seed=i + 10 * len(truth))
+    broken = root / "eval" / "images" / "broken.jpg"
+    broken.write_bytes(broken.read_bytes()[:3000])
+    for junk in (root / "train" / "images" / P1 / "._normal.jpg", root / "eval" / "images" / "._face.jpg"):
+        junk.write_bytes(b"\x00\x05\x16\x07 resource fork")
+    (root / "train" / "train.csv").write_text(
+        f"id,gender,race,age,path\n000001,female,Asian,45,{P1}\n000002,male,Asian,61,{P2}\n"
+    )
+    (root / "eval" / "info.csv").write_text("ImageID,ans\nface.jpg,0\nnoface.jpg,0\nbroken.jpg,0\n")
+    overrides = root.parent / "boxes.csv"
+    overrides.write_text(
+        "split,path,x1,y1,x2,y2\n" + "".join(f"{s},{p},{','.join(map(str, b))}\n" for s, p, b in OVERRIDES)
+    )
+    before = {split: _tree_hashes(root / split / "images") for split in FACES}
+    code = _run(root, "--overrides", str(overrides), "--preview", "6")
+    return {"root": root, "truth": truth, "before": before, "code": code, "overrides": overrides}
+
+
+def test_sources_unchanged_and_exit_code(dataset):
+    assert dataset["code"] == 1  # the truncated JPEG
+    for split in FACES:
+        assert _tree_hashes(dataset["root"] / split / "images") == dataset["before"][split]
+
+
+def test_mirror_tree_and_manifest_complete(dataset):
+    for split, files in FACES.items():
+        split_dir = dataset["root"] / split
+        rows = _manifest(split_dir)
+        assert set(rows) == set(files)  # one row per image, junk skipped
+        crops = {p.relative_to(split_dir / "crops").as_posix() for p in (split_dir / "crops").rglob("*") if p.is_file()}
+        assert crops == {rel for rel, row in rows.items() if row["method"] != "error"}
+        for rel in crops:
+            row = rows[rel]
+            with Image.open(split_dir / "crops" / rel) as im:
+                assert im.format == ("PNG" if rel.endswith(".png") else "JPEG")
+                x1, y1, x2, y2 = (int(row[f"crop_{k}"]) for k in ("x1", "y1", "x2", "y2"))
+                assert im.size == (x2 - x1, y2 - y1)
+                assert 0 <= x1 < x2 <= 384 and 0 <= y1 < y2 <= 512  # upright frame, clipped
+        assert not (split_dir / crop_faces.PARTIAL_NAME).exists()
+
+
+def test_crops_contain_the_known_face(dataset):
+    for split, truth in dataset["truth"].items():
+        rows = _manifest(dataset["root"] / split)
+        for rel, face in truth.items():
+            row = rows[rel]
+            if face is None or row["method"] in ("override", "error"):
+                continue
+            assert row["method"] == "mtcnn", rel
+            assert 0.9 <= float(row["prob"]) <= 1.0
+            assert crop_faces.box_iou(_box(row), face) > 0.7, rel
+            cx1, cy1, cx2, cy2 = _box(row, "crop_")
+            assert cx1 <= face[0] + 5 and cy1 <= face[1] + 5 and cx2 >= face[2] - 5 and cy2 >= face[3] - 5, rel
+
+
+def test_exif_rotated_photo_is_cropped_upright(dataset):
+    src = dataset["root"] / "train" / "images" / P1 / "mask2.jpeg"
+    with Image.open(src) as im:
+        assert im.size == (512, 384) and ImageOps.exif_transpose(im).size == (384, 512)
+    row = _manifest(dataset["root"] / "train")[f"{P1}/mask2.jpeg"]
+    assert row["method"] == "mtcnn"
+    assert crop_faces.box_iou(_box(row), dataset["truth"]["train"][f"{P1}/mask2.jpeg"]) > 0.7
+    with Image.open(dataset["root"] / "train" / "crops" / P1 / "mask2.jpeg") as crop:
+        assert crop.height > crop.width and crop.getexif().get(0x0112, 1) == 1
+
+
+def test_fallback_uses_person_then_split_median(dataset):
+    train, eval_ = _manifest(dataset["root"] / "train"), _manifest(dataset["root"] / "eval")
+    # Person 1's mask1 photo has no face: the median of that person's normal/incorrect_mask boxes.
+    row = train[f"{P1}/mask1.jpg"]
+    assert row["method"] == "fallback" and row["prob"] == ""
+    own = [_box(train[f"{P1}/{name}"]) for name in ("normal.jpg", "incorrect_mask.png")]
+    assert np.allclose(_box(row), np.median(own, axis=0), atol=0.02)
+    # Eval has no person folders: the median of the split's detections and overrides.
+    row = eval_["noface.jpg"]
+    assert row["method"] == "fallback"
+    assert np.allclose(_box(row), _box(eval_["face.jpg"]), atol=0.02)
+    cx1, cy1, cx2, cy2 = _box(row, "crop_")
+    assert cx1 < 192 < cx2 and cy1 < 256 < cy2  # a central region, not the whole photo
+    assert 0.2 < (cx2 - cx1) * (cy2 - cy1) / (384 * 512) < 0.95
+
+
+def test_override_wins(dataset):
+    row = _manifest(dataset["root"] / "train")[f"{P2}/mask1.jpg"]
+    assert row["method"] == "override" and _box(row) == OVERRIDE_BOX
+    assert _box(row, "crop_") == crop_faces.crop_region(OVERRIDE_BOX, crop_faces.DEFAULT_MARGIN, 384, 512)
+
+
+def test_truncated_jpeg_is_an_error_row(dataset):
+    row = _manifest(dataset["root"] / "eval")["broken.jpg"]
+    assert row["method"] == "error" and row["x1"] == "" and row["crop_x1"] == ""
+    assert not (dataset["root"] / "eval" / "crops" / "broken.jpg").exists()
+
+
+def test_preview_written(dataset):
+    for split in FACES:
+        with Image.open(dataset["root"] / split / crop_faces.PREVIEW_NAME) as im:
+            assert im.format == "PNG" and im.width > 100
+
+
+def test_rerun_does_nothing_and_force_redoes(dataset, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(dataset["root"], root)  # copy2 keeps mtimes: crops stay newer than sources
+    args = ("--overrides", str(dataset["overrides"]))
+    before = {split: _stats(root / split) for split in FACES}
+    eval_manifest = (root / "eval" / crop_faces.MANIFEST_NAME).read_text()
+    assert _run(root, *args) == 1  # the broken file is retried, and still broken
+    after = {split: _stats(root / split) for split in FACES}
+    assert after["train"] == before["train"]  # not one file rewritten, manifest included
+    crops = {rel: st for rel, st in after["eval"].items() if rel.startswith("crops/")}
+    assert crops == {rel: st for rel, st in before["eval"].items() if rel.startswith("crops/")}
+    assert (root / "eval" / crop_faces.MANIFEST_NAME).read_text() == eval_manifest
+
+    # Dropping the override makes that one crop stale; the rest stays.
+    assert _run(root, "--splits", "train") == 0
+    rows = _manifest(root / "train")
+    assert rows[f"{P2}/mask1.jpg"]["method"] == "mtcnn"
+    changed = {rel for rel, st in _stats(root / "train").items() if st != after["train"].get(rel)}
+    assert changed == {f"crops/{P2}/mask1.jpg", crop_faces.MANIFEST_NAME}
+
+    previous = _stats(root / "train" / "crops")
+    assert _run(root, "--splits", "train", "--force") == 0
+    redone = _stats(root / "train" / "crops")
+    assert redone.keys() == previous.keys()
+    assert all(redone[rel][0] != previous[rel][0] for rel in redone)  # each one replaced by a new file
+
+
+def test_size_resizes_without_squashing(dataset, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(dataset["root"] / "eval", root / "eval")
+    assert _run(root, "--splits", "eval", "--size", "96", "128", "--force") == 1
+    for rel, row in _manifest(root / "eval").items():
+        if row["method"] == "error":
+            continue
+        x1, y1, x2, y2 = _box(row, "crop_")
+        assert (x2 - x1) / (y2 - y1) == pytest.approx(96 / 128, abs=0.02)
+        with Image.open(root / "eval" / "crops" / rel) as im:
+            assert im.size == (96, 128)
+
+
+def test_resume_after_kill(dataset, tmp_path):
+    """A run killed midway left a partial manifest, some crops and a temp file: the rerun finishes it."""
+    split_dir = tmp_path / "data" / "train"
+    shutil.copytree(dataset["root"] / "train", split_dir)
+    manifest = split_dir / crop_faces.MANIFEST_NAME
+    rows = crop_faces.read_manifest(manifest)
+    done = {rel: row for rel, row in rows.items() if rel.startswith(P1)}
+    crop_faces.write_manifest(split_dir / crop_faces.PARTIAL_NAME, done)
+    manifest.unlink()
+    for rel in rows.keys() - done.keys():
+        (split_dir / "crops" / rel).unlink()
+    temp = split_dir / "crops" / P2 / ".normal.jpg.k3j2x.jpg.tmp"
+    temp.write_bytes(b"half a jpeg")
+    detector = crop_faces.FaceDetector(device="cpu")
+    result = crop_faces.crop_split(split_dir, detector, progress=False)
+    assert result.processed == len(rows) - len(done) and result.skipped == len(done)
+    assert not temp.exists() and not (split_dir / crop_faces.PARTIAL_NAME).exists()
+    assert set(crop_faces.read_manifest(manifest)) == set(rows)
+
+
+def test_user_errors_are_one_line(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "crop_faces.py", "--data-dir", str(tmp_path / "nope")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and out.stderr.startswith("error: data dir")
+    (tmp_path / "train" / "images").mkdir(parents=True)
+    out = subprocess.run(
+        [sys.executable, "crop_faces.py", "--data-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True
+    )
+    assert out.returncode == 2 and "eval" in out.stderr and out.stderr.count("\n") == 1
+    bad = tmp_path / "boxes.csv"
+    bad.write_text("split,path,x1,y1,x2,y2\ntrain,a.jpg,10,10,5,50\n")
+    with pytest.raises(UserError, match="line 2"):
+        crop_faces.read_overrides(bad)
+
+
+# --------------------------------------------------------------------------- pure helpers
+def test_snap_min_face_size_lands_on_the_default_pyramid():
+    assert crop_faces.snap_min_face_size(20) == 20
+    assert crop_faces.snap_min_face_size(80) == pytest.approx(20 / 0.709**4)
+    assert crop_faces.snap_min_face_size(20 / 0.709**4) == pytest.approx(20 / 0.709**4)
+    assert crop_faces.snap_min_face_size(79) == pytest.approx(20 / 0.709**3)
+
+
+def test_select_face_prefers_sure_big_central_faces():
+    w, h = 384, 512
+    central, corner, tiny = (100, 150, 280, 370), (0, 0, 190, 220), (180, 240, 210, 270)
+    assert crop_faces.select_face(np.array([corner, central]), np.array([0.99, 0.99]), w, h) == 1
+    assert crop_faces.select_face(np.array([tiny, central]), np.array([0.999, 0.95]), w, h) == 1
+    # An unsure big box loses to a sure one.
+    assert crop_faces.select_face(np.array([central, tiny]), np.array([0.75, 0.99]), w, h) == 1
+
+
+def test_crop_region_margins_clipping_and_aspect():
+    box = (100.0, 100.0, 200.0, 220.0)
+    assert crop_faces.crop_region(box, (0.1, 0.5, 0.1, 0.25), 384, 512) == (90, 40, 210, 250)
+    assert crop_faces.crop_region(box, (2, 2, 2, 2), 384, 512) == (0, 0, 384, 460)
+    x1, y1, x2, y2 = crop_faces.crop_region((10, 10, 110, 130), (0.25, 0.45, 0.25, 0.25), 384, 512, size=(224, 224))
+    assert x2 - x1 == pytest.approx(y2 - y1, abs=2) and x1 == 0 and y1 == 0  # shifted inside, still square
+    with pytest.raises(ValueError):
+        crop_faces.crop_region((500, 600, 550, 650), (0, 0, 0, 0), 384, 512)
+
+
+def test_fallback_boxes_sources():
+    detected = {
+        f"{P1}/normal.jpg": (10, 10, 110, 130),
+        f"{P1}/mask1.jpg": (50, 50, 60, 60),
+        "x/normal.jpg": (0, 0, 4, 4),
+    }
+    out = crop_faces.fallback_boxes(detected, [f"{P1}/mask2.jpg", "y/mask1.jpg", "flat.jpg"], 384, 512)
+    assert out[f"{P1}/mask2.jpg"] == ((10, 10, 110, 130), "person")  # unmasked photo preferred
+    assert out["y/mask1.jpg"][1] == "split" and out["flat.jpg"][1] == "split"
+    assert out["flat.jpg"][0] == (10, 10, 60, 60)
+    assert crop_faces.fallback_boxes({}, ["a.jpg"], 384, 512)["a.jpg"][1] == "central"
