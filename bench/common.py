@@ -32,6 +32,7 @@ if str(REPO) not in sys.path:
 import utils  # noqa: E402
 
 OUT = REPO / "bench" / "out"
+THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "GOMP_SPINCOUNT")
 DATA_MARKER = "bench_data.json"
 
 
@@ -104,6 +105,8 @@ def machine(device=None) -> dict[str, Any]:
         "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "device": str(device) if device is not None else "cpu",
         "gpu": torch.cuda.get_device_name(device) if device is not None and device.type == "cuda" else None,
+        # Thread settings change CPU figures several-fold on a busy machine (see BENCHMARKS.md): record them.
+        "env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
     }
     return info
 
@@ -116,6 +119,8 @@ def describe_machine(info: dict[str, Any]) -> str:
     )
     if info.get("gpu"):
         text += f", GPU {info['gpu']}"
+    if info.get("env"):
+        text += ", " + " ".join(f"{k}={v}" for k, v in info["env"].items())
     return text
 
 

@@ -9,9 +9,11 @@ loop, same model weights, batch size and workers, over the bench eval set (--pas
 - baseline: PIL.Image.open(full photo).convert("RGB") -> Resize(BILINEAR) -> ToTensor -> Normalize,
   DataLoader(shuffle=False), ``with torch.no_grad()``, fp32 NCHW, argmax per batch.
 
-Both timings cover building the loader, its workers and the whole pass. Lever lines time --amp,
---tta flip, the project path on full photos and the baseline loop on crops. --profile writes the
-per-sample data stages and the per-batch model time of each way to bench/out/infer_speed_profile.txt.
+Both timings cover building the loader, its workers and the whole pass. Lever lines, timed in the
+same alternating rounds, time --amp, torch threads = cores - workers (the model and the decoding workers
+then stop competing for cores), --tta flip, the project path on full photos and the baseline on crops.
+--profile writes the per-sample data stages and the per-batch model time of each way to
+bench/out/infer_speed_profile.txt.
 """
 
 from __future__ import annotations

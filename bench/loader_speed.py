@@ -11,9 +11,12 @@ size (--resize H W, train.py's default 128x96), batch size and number of workers
   persistent workers too, so the steady-state ratio is about the data path only.
 
 Each repeat builds fresh loaders and runs --epochs epochs: "first epoch" is building the loader
-(the project's cache fill included) plus epoch 1; "steady state" is epochs 2+. Lever lines time the
-pieces (cache off, full photos, workers 0); --profile writes a per-stage and cProfile breakdown
-of one sample of each pipeline to bench/out/loader_speed_profile.txt.
+(the project's cache fill included) plus epoch 1; "steady state" is epochs 2+. The project's loader
+does more work than the baseline's (random flip, colour jitter and affine per image); the lever lines,
+timed in the same alternating rounds, show what each piece costs: augmentation off (the baseline's
+work), no RandomAffine, cache off, full photos, workers 0, and the baseline pipeline on crops.
+--profile writes a per-stage and cProfile breakdown of one sample of each pipeline (1 thread, as in
+a worker) to bench/out/loader_speed_profile.txt.
 """
 
 from __future__ import annotations

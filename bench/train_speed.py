@@ -9,7 +9,9 @@ business, so both loops get ready tensors).
 Figures: train.py's defaults (fp32 + channels_last) vs baseline, then each speed flag on its own:
 --no-channels-last (the loop alone), --amp bf16, --compile. On a GPU (--device auto finds it) the
 headline is AMP (bf16) + channels_last vs fp32, and the defaults grow to batch 256 at 224x224 so the
-GPU, not the launch overhead, is measured. --profile writes torch.profiler's top ops of both loops.
+GPU, not the launch overhead, is measured. The rate is the batch size over the median step time (each
+step bracketed by the loop asking for its next batch), median over --repeats alternating passes after one
+discarded round; the whole-pass rate is printed beside it. --profile writes torch.profiler's top ops.
 """
 
 from __future__ import annotations
@@ -190,7 +192,7 @@ def profile(loops: dict, variants: list[Variant], batches: list, device: torch.d
     from torch.profiler import profile as torch_profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     parts = []
     for v in variants:
         if v.name not in ("baseline", "train_step", "train_step_bf16", "train_step_amp"):
