@@ -46,7 +46,7 @@ demo: install
 	$(BIN)/python inference.py --run $(DEMO)/runs/fold1 --tta flip $(ANSWERS)
 	$(BIN)/python ensemble.py --mode hard --runs-dir $(DEMO)/runs --out $(DEMO)/submission_hard.csv $(ANSWERS)
 	$(BIN)/python ensemble.py --mode soft --runs-dir $(DEMO)/runs --out $(DEMO)/submission_soft.csv $(ANSWERS)
-	$(BIN)/python ensemble.py --mode soft --runs-dir $(DEMO)/runs --oof
+	$(BIN)/python ensemble.py --mode soft --runs-dir $(DEMO)/runs --oof --out $(DEMO)/submission_soft.csv
 	$(BIN)/python experiments.py --runs $(DEMO)/runs --plot $(DEMO)/curves.png
 
 bench: install
