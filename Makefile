@@ -49,8 +49,15 @@ demo: install
 	$(BIN)/python ensemble.py --mode soft --runs-dir $(DEMO)/runs --oof --out $(DEMO)/submission_soft.csv
 	$(BIN)/python experiments.py --runs $(DEMO)/runs --plot $(DEMO)/curves.png
 
+# Each script prints `bench <name>: project X img/s, baseline Y img/s, ratio R` and writes bench/out/<name>.json.
 bench: install
 	$(BIN)/python bench/crop_speed.py
+	$(BIN)/python bench/loader_speed.py
+	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/infer_speed.py
+	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/scaling.py
+	$(BIN)/python bench/report.py
 
 clean:
 	rm -rf demo bench/out .pytest_cache
