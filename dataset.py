@@ -701,11 +701,13 @@ def train_transform(
     steps: list = [v2.Resize(list(size), antialias=True)]  # a no-op on cached images, already at size
     if hflip > 0:
         steps.append(v2.RandomHorizontalFlip(hflip))
+    # Jitter and affine run on floats: cheaper than on uint8 (bench/loader_speed.py: 0.50 -> 0.41 ms an image).
+    steps.append(v2.ToDtype(torch.float32, scale=True))
     if jitter > 0:
         steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
     if degrees > 0 or translate > 0 or scale > 0:
         steps.append(v2.RandomAffine(degrees=degrees, translate=(translate, translate), scale=(1 - scale, 1 + scale)))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    steps.append(v2.Normalize(list(mean), list(std)))
     return v2.Compose(steps)
 
 

@@ -281,10 +281,6 @@ def main(args: argparse.Namespace) -> dict:
     if args.batch_size < 1 or args.workers < 0:
         raise UserError("--batch-size must be >= 1 and --workers >= 0")
     device = resolve_device(args.device)
-    if device.type == "cpu" and args.workers > 0 and "OMP_NUM_THREADS" not in os.environ:
-        # Decode workers and the model share the CPU: leave the workers their cores instead of having torch's
-        # intra-op threads fight them (bench/infer_speed.py: 2x the images/s on 2 cores with 1 worker).
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - args.workers))
     ckpt_path, ckpt = resolve_checkpoint(run, args.checkpoint)
     meta = ckpt["meta"]
     # The eval set sits beside the training data in the competition layout, so the run knows where it is.

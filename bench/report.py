@@ -25,6 +25,14 @@ def _rate(x: float) -> str:
     return f"{x:.1f}"
 
 
+def _relative(path: str) -> str:
+    """A path inside the repo as repo-relative (BENCHMARKS.md must not name this machine's checkout)."""
+    try:
+        return Path(path).resolve().relative_to(common.REPO).as_posix()
+    except ValueError:
+        return path
+
+
 def render(results: dict[str, dict]) -> str:
     lines = []
     first = next(iter(results.values()), None)
@@ -52,7 +60,7 @@ def render(results: dict[str, dict]) -> str:
             )
         for variant, why in result.get("unavailable", {}).items():
             lines.append(f"| {variant} | unavailable | | | {why} |")
-    profiles = [f"- {name}: {r['profile']}" for name, r in results.items() if r.get("profile")]
+    profiles = [f"- {name}: {_relative(r['profile'])}" for name, r in results.items() if r.get("profile")]
     if profiles:
         lines += ["", "Profiles:", *profiles]
     return "\n".join(lines) + "\n"

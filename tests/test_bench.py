@@ -116,3 +116,17 @@ def test_scaling_quick(out, capsys):
     stdout, result = run("scaling", out, capsys)
     assert "scaling" in bench_lines(stdout)
     assert len(result["runs"]["ddp"]) == len(result["runs"]["single"]) == 1
+
+
+def test_report_renders_results(tmp_path, capsys):
+    import report
+
+    machine = common.machine()
+    fig = {"name": "loader", "project": 300.0, "baseline": 100.0, "ratio": 3.0, "note": "n"}
+    mem = {"name": "memory", "peak_rss_gib": 1.2, "cache_gib": 0.1, "budget_gib": 1.6, "ok": True}
+    (tmp_path / "loader_speed.json").write_text(json.dumps({"machine": machine, "figures": [fig], "levers": []}))
+    (tmp_path / "memory.json").write_text(json.dumps({"machine": machine, "figures": [mem]}))
+    assert report.main(report.get_args_parser().parse_args(["--out", str(tmp_path)])) == 0
+    text = capsys.readouterr().out
+    assert "| loader | 300.0 | 100.0 | 3.00 | n |" in text and "| memory | peak 1.20 GiB |" in text
+    assert "no results yet for: train_speed, infer_speed, scaling" in text
