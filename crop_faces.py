@@ -398,7 +398,9 @@ def _is_current(item: _Item, prev: Row | None) -> bool:
     elif prev.method == "override":
         return False
     try:
-        return item.dst.stat().st_mtime_ns >= item.src.stat().st_mtime_ns
+        dst = item.dst.stat()
+        # An empty crop is what a server reset leaves when the rename reached the disk but the data did not.
+        return dst.st_size > 0 and dst.st_mtime_ns >= item.src.stat().st_mtime_ns
     except FileNotFoundError:
         return False
 
