@@ -25,7 +25,9 @@ lint: install
 
 # The whole competition workflow on the embedded synthetic data, inside demo/ (git-ignored).
 # Every line is the real script with real arguments: swap demo/data for your data folder.
-DEMO := demo
+DEMO ?= demo
+DEMO_TRAIN_PERSONS ?= 120
+DEMO_EVAL_PERSONS ?= 40
 DEMO_MODEL ?= timm:resnet10t
 DEMO_SIZE ?= 96 72
 DEMO_EPOCHS ?= 20
@@ -35,7 +37,8 @@ ANSWERS := --answers $(DEMO)/data/eval/answers.csv
 
 demo: install
 	rm -rf $(DEMO)
-	$(BIN)/python synthetic_data.py --out $(DEMO)/data --seed $(SEED) --workers 2
+	$(BIN)/python synthetic_data.py --out $(DEMO)/data --seed $(SEED) --workers 2 \
+		--train-persons $(DEMO_TRAIN_PERSONS) --eval-persons $(DEMO_EVAL_PERSONS)
 	$(BIN)/python dataset.py --data-dir $(DEMO)/data --folds 5 --seed 42
 	$(BIN)/python crop_faces.py --data-dir $(DEMO)/data --preview 16
 	@echo "# folds 0 and 1 train side by side, one core each (fold 1 logs to $(DEMO)/train_fold1.log)"

@@ -146,15 +146,6 @@ def subprocess_env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # In-process training on a shared 2-core machine: more threads only spin-wait.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
     """A clean tiny dataset; tests that break it work on a copy."""

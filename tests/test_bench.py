@@ -22,17 +22,6 @@ LINE = re.compile(r"^bench (\w+): project ([\d.]+) img/s, baseline ([\d.]+) img/
 DATA = ["--train-persons", "3", "--eval-persons", "1", "--crops", "center", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared, busy machine two OpenMP threads wait on each other for ages."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def out(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bench")

@@ -53,14 +53,6 @@ ARTIFACTS = (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     return make_tiny_dataset(tmp_path_factory.mktemp("data") / "data", n_persons=N_PERSONS)["data_dir"]
