@@ -686,29 +686,138 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return TF.resize(image, list(_size(size)), antialias=True)
 
 
-def train_transform(
-    size: tuple[int, int],
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    hflip: float = 0.5,
-    jitter: float = 0.1,
-    degrees: float = 5.0,
-    translate: float = 0.05,
-    scale: float = 0.05,
-) -> v2.Compose:
-    """Light augmentation on uint8 CHW tensors -> normalised float CHW of exactly ``size`` (H, W)."""
-    size = _size(size)
-    steps: list = [v2.Resize(list(size), antialias=True)]  # a no-op on cached images, already at size
-    if hflip > 0:
-        steps.append(v2.RandomHorizontalFlip(hflip))
-    # Jitter and affine run on floats: cheaper than on uint8 (bench/loader_speed.py: 0.50 -> 0.41 ms an image).
-    steps.append(v2.ToDtype(torch.float32, scale=True))
-    if jitter > 0:
-        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
-    if degrees > 0 or translate > 0 or scale > 0:
-        steps.append(v2.RandomAffine(degrees=degrees, translate=(translate, translate), scale=(1 - scale, 1 + scale)))
-    steps.append(v2.Normalize(list(mean), list(std)))
-    return v2.Compose(steps)
+# Luma weights of torchvision's rgb_to_grayscale, used by its contrast and saturation adjustments.
+_GRAY = (0.2989, 0.587, 0.114)
+
+
+class Augment:
+    """Training augmentation of a whole uint8 batch at once -> normalised float32, same (H, W).
+
+    Per image: horizontal flip, colour jitter (brightness, contrast, saturation: torchvision's
+    formulas, in that fixed order, clamped once at the end), and a small random affine (rotation,
+    translation, scale; nearest sampling like v2.RandomAffine's default, outside filled with the mean
+    colour). Each image's draw comes from its own ``seed``, so a batch's result does not depend on
+    which worker built it or what ran before, and a resumed run replays the same epochs.
+
+    Why batched: the whole batch is a handful of tensor ops (one per-image 3x3 colour matrix that
+    also does the scaling and normalisation, one grid_sample), where torchvision's per-image
+    transforms spent most of their time dispatching small ops (bench/loader_speed.py).
+    """
+
+    N_PARAMS = 8  # flip, brightness, contrast, saturation, angle, scale, dx, dy
+
+    def __init__(
+        self,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        hflip: float = 0.5,
+        jitter: float = 0.1,
+        degrees: float = 5.0,
+        translate: float = 0.05,
+        scale: float = 0.05,
+    ):
+        for name, value in (("hflip", hflip), ("jitter", jitter), ("translate", translate), ("scale", scale)):
+            if not 0 <= value <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if not 0 <= degrees <= 180:
+            raise ValueError(f"degrees must be in [0, 180], got {degrees}")
+        self.mean = torch.tensor(mean, dtype=torch.float32)
+        self.std = torch.tensor(std, dtype=torch.float32)
+        if self.mean.shape != (3,) or self.std.shape != (3,) or bool((self.std <= 0).any()):
+            raise ValueError(f"mean and std need 3 values each, std > 0 (got {mean}, {std})")
+        self.hflip, self.jitter = float(hflip), float(jitter)
+        self.degrees, self.translate, self.scale = float(degrees), float(translate), float(scale)
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_buffers": {}}  # scratch space is per process, not worth pickling
+
+    def __repr__(self) -> str:
+        return (
+            f"Augment(hflip={self.hflip}, jitter={self.jitter}, degrees={self.degrees}, "
+            f"translate={self.translate}, scale={self.scale})"
+        )
+
+    @property
+    def geometric(self) -> bool:
+        return self.hflip > 0 or self.degrees > 0 or self.translate > 0 or self.scale > 0
+
+    def params(self, seeds: Sequence[int]) -> torch.Tensor:
+        """(B, 8) uniform [0, 1) draws on the CPU, row i from ``seeds[i]`` alone."""
+        rows = [torch.rand(self.N_PARAMS, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        return torch.stack(rows) if rows else torch.empty(0, self.N_PARAMS)
+
+    def _buffer(self, name: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        # Reused scratch tensors: on CPU a fresh multi-MB tensor per batch costs page faults comparable to the work.
+        key = (name, shape, device)
+        if key not in self._buffers:
+            self._buffers = {k: v for k, v in self._buffers.items() if k[0] != name}
+            self._buffers[key] = torch.empty(shape, dtype=torch.float32, device=device)
+        return self._buffers[key]
+
+    def colour_matrix(self, mean_rgb: torch.Tensor | None, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per image (3x3 matrix, offset) taking 0..255 RGB to jittered, normalised RGB.
+
+        ``mean_rgb``: (B, 3) mean 0..255 colour of each image (needed by contrast; None without jitter).
+        """
+        b, device = len(p), p.device
+        lo, width = 1 - self.jitter, 2 * self.jitter
+        bright, contrast, sat = (lo + width * p[:, k] for k in (1, 2, 3))
+        gray = torch.tensor(_GRAY, device=device)
+        mean, std = self.mean.to(device), self.std.to(device)
+        # contrast blends with the mean gray level of the (brightened) image: b * mean(gray(x))
+        mean_gray = (mean_rgb @ gray) / 255 if mean_rgb is not None else torch.zeros(b, device=device)
+        # saturation: s * I + (1 - s) * 1 gray^T; its rows sum to 1, so it leaves the contrast offset alone
+        sat_m = sat.view(b, 1, 1) * torch.eye(3, device=device) + (1 - sat).view(b, 1, 1) * gray.view(1, 1, 3)
+        matrix = sat_m * (contrast * bright / 255).view(b, 1, 1) / std.view(1, 3, 1)
+        offset = (((1 - contrast) * bright * mean_gray).view(b, 1) - mean) / std
+        return matrix, offset
+
+    def grid(self, p: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B, H, W, 2) sampling grid (grid_sample's normalised coordinates) of each image's flip + affine."""
+        b, (h, w), device = len(p), size, p.device
+        flip = torch.where(p[:, 0] < self.hflip, -1.0, 1.0)
+        angle = torch.deg2rad((2 * p[:, 4] - 1) * self.degrees)
+        zoom = 1 + (2 * p[:, 5] - 1) * self.scale
+        dx, dy = (2 * p[:, 6] - 1) * 2 * self.translate, (2 * p[:, 7] - 1) * 2 * self.translate  # normalised units
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        # output -> input: undo the translation, then the rotation and zoom (in pixel units, hence the
+        # aspect ratios), then the flip
+        xs = ((torch.arange(w, device=device) * 2 + 1) / w - 1).view(1, 1, w)
+        ys = ((torch.arange(h, device=device) * 2 + 1) / h - 1).view(1, h, 1)
+        ax, bx = (flip * cos).view(b, 1, 1), (flip * sin * h / w).view(b, 1, 1)
+        cx = (-flip * (cos * dx + sin * dy * h / w)).view(b, 1, 1)
+        ay, by = (-sin * w / h).view(b, 1, 1), cos.view(b, 1, 1)
+        cy = (sin * dx * w / h - cos * dy).view(b, 1, 1)
+        grid = self._buffer("grid", (b, h, w, 2), device)
+        torch.add(ax * xs, bx * ys + cx, out=grid[..., 0])
+        torch.add(ay * xs, by * ys + cy, out=grid[..., 1])
+        return grid
+
+    def __call__(self, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        """``images``: uint8 (B, 3, H, W) on any device; the result is float32 on the same device."""
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"need a uint8 (B, 3, H, W) batch, got {tuple(images.shape)} {images.dtype}")
+        if len(seeds) != len(images):
+            raise ValueError(f"need one seed per image: {len(seeds)} seeds for {len(images)} images")
+        b, _, h, w = images.shape
+        device = images.device
+        p = self.params(seeds).to(device)
+        source = self._buffer("source", tuple(images.shape), device).copy_(images)
+        matrix, offset = self.colour_matrix(source.mean(dim=(2, 3)) if self.jitter > 0 else None, p)
+        out = self._buffer("colour", tuple(images.shape), device) if self.geometric else torch.empty_like(source)
+        lo, hi = -self.mean / self.std, (1 - self.mean) / self.std
+        for c in range(3):  # out_c = clamp(sum_k M[c, k] * x_k + o_c): jitter, scaling and normalisation at once
+            plane = torch.mul(source[:, 0], matrix[:, c, 0].view(b, 1, 1), out=out[:, c])
+            plane.addcmul_(source[:, 1], matrix[:, c, 1].view(b, 1, 1))
+            plane.addcmul_(source[:, 2], matrix[:, c, 2].view(b, 1, 1))
+            plane.add_(offset[:, c].view(b, 1, 1)).clamp_(float(lo[c]), float(hi[c]))
+        if not self.geometric:
+            return out
+        # zero padding in normalised space = the mean colour outside the image
+        return torch.nn.functional.grid_sample(
+            out, self.grid(p, (h, w)), mode="nearest", padding_mode="zeros", align_corners=False
+        )
 
 
 def eval_transform(
@@ -810,6 +919,13 @@ class ImageCache:
         i = self.index.get(str(path))
         return None if i is None else self.images[i]
 
+    def stack(self, paths: Sequence) -> torch.Tensor | None:
+        """The cached images of ``paths`` as one new uint8 (B, 3, H, W) tensor (one gather); None if any is missing."""
+        rows = [self.index.get(str(p)) for p in paths]
+        if any(i is None for i in rows):
+            return None
+        return self.images.index_select(0, torch.tensor(rows, dtype=torch.long))
+
     @property
     def nbytes(self) -> int:
         return self.images.numel()
@@ -839,6 +955,18 @@ class _ImageSource:
             return resize_image(img, self.size).clone()  # clone: never hand out a view of the cache
         return self.transform(img)
 
+    def stack(self, paths: Sequence) -> torch.Tensor:
+        """Resized uint8 (B, 3, H, W) images of ``paths``, untransformed."""
+        if self.cache is not None:
+            batch = self.cache.stack(paths)
+            if batch is not None:
+                return batch
+        out = torch.empty((len(paths), 3, *self.size), dtype=torch.uint8)
+        for i, path in enumerate(paths):
+            img = self.cache.get(path) if self.cache is not None else None
+            out[i] = resize_image(load_image(path, self.size) if img is None else img, self.size)
+        return out
+
 
 class TrainDataset(torch.utils.data.Dataset):
     """(image, 18-class label) for image records; ``transform=None`` gives the resized uint8 image."""
@@ -861,6 +989,11 @@ class TrainDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self._source.image(self.records[index].path), int(self.labels[index])
+
+    def stack(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uint8 (B, 3, H, W) resized images, int64 labels) of ``indices``, ignoring the transform."""
+        images = self._source.stack([self.records[i].path for i in indices])
+        return images, torch.as_tensor(self.labels[list(indices)], dtype=torch.long)
 
 
 class EvalDataset(torch.utils.data.Dataset):

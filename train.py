@@ -249,7 +249,7 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0, stream: int = 0) -> int:
 class SeededSampler(Sampler):
     """Wraps a sampler, yielding (index, sample seed) and re-seeding it on ``set_epoch``.
 
-    With SeededDataset, each sample's augmentation is drawn from its own seed, so what an epoch
+    With SeededBatches, each sample's augmentation is drawn from its own seed, so what an epoch
     yields depends only on (seed, epoch, rank) -- not on the worker count, persistent workers or
     anything that ran before -- and a resumed run replays the same epochs as an uninterrupted one.
     """
@@ -274,20 +274,57 @@ class SeededSampler(Sampler):
         return len(self.sampler)
 
 
-class SeededDataset(Dataset):
-    """Draws each sample under its own CPU RNG seed (see SeededSampler); the global RNG is left untouched."""
+class SeededBatches(Dataset):
+    """Training batches fetched whole: (uint8 images, labels, per-image seeds), one index_select from the cache.
 
-    def __init__(self, base: Dataset):
+    DataLoader hands ``__getitems__`` the batch's (index, seed) keys from SeededSampler;
+    ``collate_fn=keep_batch`` passes the batch it returns through. The images stay uint8 so that a
+    worker ships a quarter of the bytes; AugmentedLoader augments them where the model runs.
+    """
+
+    def __init__(self, base: dataset.TrainDataset):
         self.base = base
 
     def __len__(self) -> int:
         return len(self.base)
 
+    def __getitems__(self, keys) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        indices, seeds = zip(*keys) if keys else ((), ())
+        images, labels = self.base.stack(indices)
+        return images, labels, torch.tensor(seeds, dtype=torch.long)
+
     def __getitem__(self, key):
-        index, seed = key
-        with torch.random.fork_rng(devices=[]):
-            torch.random.default_generator.manual_seed(seed)
-            return self.base[index]
+        return tuple(t[0] for t in self.__getitems__([key]))
+
+
+def keep_batch(batch):
+    """collate_fn for datasets whose ``__getitems__`` already returns a collated batch."""
+    return batch
+
+
+class AugmentedLoader:
+    """The training loader: a DataLoader of SeededBatches, each batch moved to ``device`` as uint8 and
+    augmented there by dataset.Augment (every image under its own seed); yields (float images, labels).
+
+    Why not augment in the workers: on a GPU the batch ops cost next to nothing, and on CPU they
+    cost ~0.07 ms an image, less than what a worker pays to ship the 4x larger float batch through
+    shared memory (bench/loader_speed.py, with the per-image torchvision way as a lever).
+    """
+
+    def __init__(self, loader: DataLoader, augment: dataset.Augment, device: torch.device):
+        self.loader, self.augment, self.device = loader, augment, device
+
+    @property
+    def sampler(self):
+        return self.loader.sampler
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels, seeds in self.loader:
+            images = images.to(self.device, non_blocking=True)
+            yield self.augment(images, seeds.tolist()), labels.to(self.device, non_blocking=True)
 
 
 class IndexedDataset(Dataset):
@@ -555,7 +592,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(*_flags("--batch-size"), type=int, default=64, help="training batch size (per process)")
     g.add_argument(*_flags("--valid-batch-size"), type=int, default=256, help="validation batch size (per process)")
-    g.add_argument(*_flags("--workers"), type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers")
+    g.add_argument(
+        *_flags("--workers"),
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="DataLoader workers (none with --cache)",
+    )
 
     g = parser.add_argument_group("optimisation")
     g.add_argument(*_flags("--optimizer"), default="adamw", help=f"one of {', '.join(OPTIMIZERS.names())}")
@@ -812,10 +854,11 @@ def build_loaders(
     cache,
     info: DistInfo,
     pin_memory: bool,
-) -> tuple[DataLoader, DataLoader, np.ndarray]:
-    train_ds = dataset.TrainDataset(
-        split.train, size, dataset.train_transform(size, mean, std), old_threshold=old_threshold, cache=cache
-    )
+    augment: dataset.Augment | None = None,
+    device: torch.device | None = None,
+) -> tuple[AugmentedLoader, DataLoader, np.ndarray]:
+    """``augment``: the training augmentation (default: dataset.Augment(mean, std)), run on ``device`` (CPU)."""
+    train_ds = dataset.TrainDataset(split.train, size, None, old_threshold=old_threshold, cache=cache)
     valid_ds = dataset.TrainDataset(
         split.valid, size, dataset.eval_transform(size, mean, std), old_threshold=VALID_OLD_THRESHOLD, cache=cache
     )
@@ -837,9 +880,10 @@ def build_loaders(
     per_rank = len(train_sampler)
     common = {"num_workers": workers, "pin_memory": pin_memory, "persistent_workers": workers > 0}
     train_loader = DataLoader(
-        SeededDataset(train_ds),
+        SeededBatches(train_ds),
         batch_size=min(batch_size, per_rank),
         sampler=train_sampler,
+        collate_fn=keep_batch,
         # A last batch of one image breaks BatchNorm; a tiny set still yields its one (short) batch.
         drop_last=per_rank > batch_size,
         **common,
@@ -849,13 +893,11 @@ def build_loaders(
         if info.ddp
         else SequentialSampler(valid_ds)
     )
-    # From the cache, validation needs no decoding: workers would only cost memory (each forked after epoch 1
-    # from a large parent; bench/memory.py: peak RSS 1.8 -> 1.3 GiB without them).
-    valid_common = {**common, "num_workers": 0, "persistent_workers": False} if cache is not None else common
     valid_loader = DataLoader(
-        IndexedDataset(valid_ds), batch_size=valid_batch_size, sampler=valid_sampler, shuffle=False, **valid_common
+        IndexedDataset(valid_ds), batch_size=valid_batch_size, sampler=valid_sampler, shuffle=False, **common
     )
-    return train_loader, valid_loader, labels
+    augmented = AugmentedLoader(train_loader, augment or dataset.Augment(mean, std), device or torch.device("cpu"))
+    return augmented, valid_loader, labels
 
 
 # --------------------------------------------------------------------------- epochs
@@ -1162,12 +1204,15 @@ def run_training(
             args.age_old_threshold,
             args.batch_size,
             args.valid_batch_size,
-            args.workers,
+            # From the cache a batch is one index_select: workers would only add memory (each a forked copy of
+            # a large parent; bench/memory.py) and inter-process copies (bench/loader_speed.py, "workers 0").
+            0 if cache is not None else args.workers,
             args.sampler,
             args.seed,
             cache,
             info,
             pin_memory=device.type == "cuda",
+            device=device,
         )
         class_weight = class_weights(train_labels, args.head) if args.class_weights == "balanced" else None
         options = criterion_options(args.criterion, {dest: getattr(args, dest) for dest in CRITERION_FLAGS})

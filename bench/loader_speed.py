@@ -3,9 +3,10 @@
 Input pipeline: images/s the training loader delivers, project vs the boostcamp baseline, same output
 size (--resize H W, train.py's default 128x96), batch size and number of workers.
 
-- project: train.build_loaders (the loader train.py uses: SeededSampler/SeededDataset over
-  dataset.TrainDataset) on the face crops, with dataset.ImageCache (uint8, filled once) and
-  dataset.train_transform (torchvision v2 on tensors: flip, colour jitter, affine, normalise).
+- project: train.build_loaders (the loader train.py uses: SeededSampler/SeededBatches over
+  dataset.TrainDataset) on the face crops, with dataset.ImageCache (uint8, filled once); workers ship
+  uint8 batches and train.AugmentedLoader runs dataset.Augment (flip, colour jitter, affine, normalise)
+  on each whole batch in the consuming process, as in training, so its cost is inside the figure.
 - baseline: PIL.Image.open(full 384x512 photo).convert("RGB") -> transforms.Resize(size, BILINEAR)
   -> ToTensor() -> Normalize(mean, std) in a plain Dataset, shuffled DataLoader, drop_last; it gets
   persistent workers too, so the steady-state ratio is about the data path only.
@@ -14,7 +15,8 @@ Each repeat builds fresh loaders and runs --epochs epochs: "first epoch" is buil
 (the project's cache fill included) plus epoch 1; "steady state" is epochs 2+. The project's loader
 does more work than the baseline's (random flip, colour jitter and affine per image); the lever lines,
 timed in the same alternating rounds, show what each piece costs: augmentation off (the baseline's
-work), no RandomAffine, cache off, full photos, workers 0, and the baseline pipeline on crops.
+work), no affine, per-image torchvision v2 augmentation (the project's previous way), cache off, full
+photos, workers 0, and the baseline pipeline on crops.
 --profile writes a per-stage and cProfile breakdown of one sample of each pipeline (1 thread, as in
 a worker) to bench/out/loader_speed_profile.txt.
 """
@@ -83,23 +85,16 @@ def project_loader(
 ):
     """train.py's training loader (build_loaders) over ``records``, with or without the uint8 cache.
 
-    ``augment``: dataset.train_transform keywords for a lever (e.g. ``{"jitter": 0}``); build_loaders calls
-    train_transform with its defaults, so it is swapped for the duration of the call only.
+    ``augment``: dataset.Augment keywords for a lever (e.g. ``{"jitter": 0}``); None = train.py's defaults.
     """
     import train
 
     image_cache = dataset.ImageCache([r.path for r in records], size, progress=False, log=None) if cache else None
     split = train.Split(train=list(records), valid=list(records[:1]))
-    original = dataset.train_transform
-    if augment:
-        dataset.train_transform = functools.partial(original, **augment)
-    try:
-        loader, _, _ = train.build_loaders(
-            split, size, mean, std, dataset.DEFAULT_OLD_THRESHOLD, batch_size, batch_size, workers, "none", seed,
-            image_cache, train.DistInfo(), pin_memory=pin,
-        )  # fmt: skip
-    finally:
-        dataset.train_transform = original
+    loader, _, _ = train.build_loaders(
+        split, size, mean, std, dataset.DEFAULT_OLD_THRESHOLD, batch_size, batch_size, workers, "none", seed,
+        image_cache, train.DistInfo(), pin_memory=pin, augment=dataset.Augment(mean, std, **(augment or {})),
+    )  # fmt: skip
     return loader
 
 
@@ -144,14 +139,59 @@ def _stage_times(stages, start_value, n: int) -> list[tuple[str, float]]:
     return [(name, 1000 * t / n) for (name, _), t in zip(stages, totals)]
 
 
-def profile(project_records, photo_records, size, mean, std, n: int) -> str:
-    """Per-stage ms per sample of both pipelines (one process, no workers) and their cProfile tops."""
+def per_image_v2(size, mean, std) -> T.Compose:
+    """The per-image torchvision v2 pipeline the project used before dataset.Augment (same augmentations)."""
+    from torchvision.transforms import v2
+
+    return v2.Compose(
+        [
+            v2.RandomHorizontalFlip(0.5),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1),
+            v2.RandomAffine(degrees=5.0, translate=(0.05, 0.05), scale=(0.95, 1.05)),
+            v2.Normalize(list(mean), list(std)),
+        ]
+    )
+
+
+class PerImageSeeded(Dataset):
+    """The previous project loader's dataset: each (index, seed) key transformed alone under fork_rng."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key):
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(seed)
+            return self.base[index]
+
+
+def per_image_loader(records, size, mean, std, batch_size: int, workers: int, pin: bool, seed: int = 0):
+    """Same sampler, cache and workers as the project loader, but per-image v2 transforms + default collate."""
+    import train
+
+    cache = dataset.ImageCache([r.path for r in records], size, progress=False, log=None)
+    ds = PerImageSeeded(dataset.TrainDataset(records, size, per_image_v2(size, mean, std), cache=cache))
+    sampler = train.SeededSampler(torch.utils.data.RandomSampler(ds, generator=torch.Generator()), seed)
+    return DataLoader(
+        ds, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin, drop_last=True,
+        persistent_workers=workers > 0,
+    )  # fmt: skip
+
+
+def profile(project_records, photo_records, size, mean, std, n: int, batch_size: int) -> str:
+    """Per-image ms of each stage of both pipelines (one process, no workers) and their top ops."""
+    import torch.profiler as tp
+
     import train
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as inside a DataLoader worker
     cache = dataset.ImageCache([r.path for r in project_records], size, progress=False, log=None)
-    v2 = dataset.train_transform(size, mean, std)
     v1 = baseline_transform(size, mean, std)
     photos = [r.path for r in photo_records]
     crops = [r.path for r in project_records]
@@ -159,33 +199,52 @@ def profile(project_records, photo_records, size, mean, std, n: int) -> str:
     base_stages = [("PIL open+decode+convert RGB (full photo)", lambda p: Image.open(p).convert("RGB"))] + [
         (f"v1 {type(t).__name__}", t) for t in v1.transforms
     ]
-    proj_stages = [("cache lookup (uint8 view)", cache.get)] + [(f"v2 {type(t).__name__}", t) for t in v2.transforms]
-    uncached = [("load_image (crop JPEG decode)", lambda p: dataset.load_image(p, size))] + [
-        (f"v2 {type(t).__name__}", t) for t in v2.transforms
+    v2_stages = [("cache lookup (uint8 view)", cache.get)] + [
+        (f"v2 {type(t).__name__}", t) for t in per_image_v2(size, mean, std).transforms
     ]
-    lines = [f"per-sample stage times, ms (mean of {n} samples, 1 thread, no workers; resize {size[0]}x{size[1]})"]
+    lines = [f"per-image stage times, ms (mean of {n} images, 1 thread, no workers; resize {size[0]}x{size[1]})"]
     for title, stages, items in (
         ("baseline (full photo, PIL + transforms v1)", base_stages, photos),
-        ("project, cached (crop, uint8 cache + transforms v2)", proj_stages, crops),
-        ("project, cache off (crop decoded each time + v2)", uncached, crops),
+        ("previous project path (cache + per-image transforms v2)", v2_stages, crops),
     ):
         _stage_times(stages, lambda i, items=items: items[i], min(n, 5))  # warm-up
         times = _stage_times(stages, lambda i, items=items: items[i], n)
         total = sum(t for _, t in times)
-        lines.append(f"\n{title}: {total:.3f} ms/sample = {1000 / total:.0f} img/s per core")
+        lines.append(f"\n{title}: {total:.3f} ms/image = {1000 / total:.0f} img/s per core")
         lines += [f"  {name:48s} {t:7.3f} ms  {100 * t / total:5.1f}%" for name, t in times]
 
-    seeded = train.SeededDataset(dataset.TrainDataset(project_records, size, v2, cache=cache))
+    # The project's path works on whole batches: time its stages per batch, reported per image.
+    train_ds = dataset.TrainDataset(project_records, size, None, cache=cache)
+    augment = dataset.Augment(mean, std)
+    batches = [list(range(i, i + batch_size)) for i in range(0, n - batch_size + 1, batch_size)] or [list(range(n))]
+    seeded = train.SeededBatches(train_ds)
+    stages = [
+        ("gather uint8 batch from the cache (index_select)", lambda b: (train_ds.stack(b)[0], b)),
+        ("Augment: flip + jitter + affine + normalise, whole batch", lambda x: augment(x[0], x[1])),
+    ]
+    _stage_times(stages, lambda i: batches[i % len(batches)], 2)  # warm-up
+    rounds = max(3, 2 * len(batches))
+    times = _stage_times(stages, lambda i: batches[i % len(batches)], rounds)
+    per_batch = len(batches[0])
+    total = sum(t for _, t in times) / per_batch
+    lines.append(
+        f"\nproject (cache + dataset.Augment per batch of {per_batch}): {total:.3f} ms/image = "
+        f"{1000 / total:.0f} img/s per core"
+    )
+    lines += [f"  {name:56s} {t / per_batch:7.3f} ms  {100 * t / per_batch / total:5.1f}%" for name, t in times]
+    with tp.profile(activities=[tp.ProfilerActivity.CPU]) as prof:
+        for b in batches:
+            images, _, seeds = seeded.__getitems__([(i, i) for i in b])
+            augment(images, seeds.tolist())
+    lines.append(f"\ntorch.profiler, SeededBatches.__getitems__ + Augment, {len(batches)} batches (top 10):")
+    lines.append(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
+
     base_ds = BaselineDataset(photos, [0] * len(photos), v1)
-    for title, fn in (
-        ("baseline __getitem__", lambda: [base_ds[i] for i in range(n)]),
-        ("project SeededDataset(TrainDataset, cached) __getitem__", lambda: [seeded[(i, i)] for i in range(n)]),
-    ):
-        prof = cProfile.Profile()
-        prof.runcall(fn)
-        buf = io.StringIO()
-        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
-        lines.append(f"\ncProfile of {title} x{n} (top 12 by own time):\n{buf.getvalue().strip()}")
+    prof = cProfile.Profile()
+    prof.runcall(lambda: [base_ds[i] for i in range(n)])
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
+    lines.append(f"\ncProfile of the baseline __getitem__ x{n} (top 12 by own time):\n{buf.getvalue().strip()}")
     torch.set_num_threads(threads)
     return "\n".join(lines) + "\n"
 
@@ -238,10 +297,13 @@ def main(args: argparse.Namespace) -> int:
                 "project, augmentation off (resize + normalise: the baseline's work)": loader(
                     augment={"hflip": 0, "jitter": 0, **no_affine}
                 ),
-                "project without RandomAffine (flip + jitter only)": loader(augment=no_affine),
+                "project without the affine (flip + jitter only)": loader(augment=no_affine),
+                "project with per-image torchvision v2 augmentation (the previous way)": lambda: run_epochs(
+                    lambda: per_image_loader(crops, size, mean, std, bs, w, pin, args.seed), args.epochs
+                ),
                 "project, cache off (crops decoded every epoch)": loader(cache=False),
                 "project on full photos, cached": loader(records=photos),
-                "project, cached, workers 0": loader(workers=0),
+                "project, cached, workers 0 (what train.py --cache runs)": loader(workers=0),
                 "baseline on crops (PIL + v1)": lambda: run_epochs(
                     lambda: baseline_loader(crops, size, mean, std, bs, w, pin), args.epochs
                 ),
@@ -291,7 +353,7 @@ def main(args: argparse.Namespace) -> int:
         "runs": runs,
     }
     if args.profile:
-        text = profile(crops, photos, size, mean, std, n=20 if args.quick else 200)
+        text = profile(crops, photos, size, mean, std, n=20 if args.quick else 256, batch_size=bs)
         print(text)
         payload["profile"] = str(common.write_profile(args.out, NAME, text))
     common.write_results(args.out, NAME, payload)

@@ -77,8 +77,9 @@ def test_loader_speed_quick(out, capsys):
     lines = bench_lines(stdout)
     assert {"loader", "loader_first_epoch"} <= set(lines)
     assert [f["name"] for f in result["figures"]] == ["loader", "loader_first_epoch"]
-    assert len(result["levers"]) == 6
-    assert "baseline (full photo" in (out / "loader_speed_profile.txt").read_text()
+    assert len(result["levers"]) == 7
+    profile = (out / "loader_speed_profile.txt").read_text()
+    assert "baseline (full photo" in profile and "dataset.Augment per batch" in profile
 
 
 def test_train_speed_quick(out, capsys):

@@ -341,16 +341,86 @@ def test_train_dataset_and_cache_match(tiny, capsys):
     assert images.shape == (8, 3, *SIZE) and labels.tolist() == cached.labels[:8].tolist()
 
 
-def test_train_transform_shapes_and_resize(tiny):
-    records = ds.build_image_table(tiny["data_dir"], log=None)
-    size = (16, 12)
-    train = ds.TrainDataset(records, size, ds.train_transform(size, mean=(0.5,) * 3, std=(0.5,) * 3))
-    image, _ = train[0]
-    assert image.shape == (3, *size) and image.dtype == torch.float32
-    # train and eval see the same antialiased resize: without augmentation they agree exactly
-    flat = ds.train_transform(size, hflip=0, jitter=0, degrees=0, translate=0, scale=0)
-    img = ds.load_image(records[1].path, size)
-    assert torch.equal(flat(img), ds.eval_transform(size)(img))
+def _cached_batch(tiny, size=SIZE, n=6):
+    records = ds.build_image_table(tiny["data_dir"], log=None)[:n]
+    cache = ds.ImageCache([r.path for r in records], size, progress=False, log=None)
+    return records, cache, ds.TrainDataset(records, size, None, cache=cache)
+
+
+def test_stack_gathers_cached_and_decoded_alike(tiny):
+    records, cache, cached = _cached_batch(tiny)
+    plain = ds.TrainDataset(records, SIZE, None)
+    images, labels = cached.stack([4, 0, 2])
+    assert images.dtype == torch.uint8 and images.shape == (3, 3, *SIZE)
+    assert torch.equal(images, plain.stack([4, 0, 2])[0])
+    assert torch.equal(images[1], cache.get(records[0].path)) and labels.tolist() == [
+        records[i].label() for i in (4, 0, 2)
+    ]
+    images[:] = 0  # a gathered batch is a copy: the cache stays intact
+    assert cache.get(records[4].path).any()
+    assert cache.stack([records[0].path, "not/cached.jpg"]) is None
+
+
+def test_augment_off_is_the_eval_transform_and_flip_is_exact(tiny):
+    _, _, cached = _cached_batch(tiny)
+    images, _ = cached.stack(range(4))
+    expected = torch.stack([ds.eval_transform(SIZE)(img) for img in images])
+    flat = ds.Augment(hflip=0, jitter=0, degrees=0, translate=0, scale=0)
+    assert torch.allclose(flat(images, [0, 1, 2, 3]), expected, atol=1e-5)
+    flip = ds.Augment(hflip=1, jitter=0, degrees=0, translate=0, scale=0)
+    assert torch.allclose(flip(images, [0, 1, 2, 3]), expected.flip(-1), atol=1e-5)
+    # strong augmentation, scaled back from normalised values, stays a valid image in [0, 1]
+    mean = torch.tensor(ds.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(ds.IMAGENET_STD).view(1, 3, 1, 1)
+    strong = ds.Augment(jitter=0.9, degrees=30, translate=0.2, scale=0.3)(images, [5, 6, 7, 8]) * std + mean
+    assert strong.min() >= -1e-5 and strong.max() <= 1 + 1e-5
+
+
+def test_augment_draws_each_image_from_its_own_seed(tiny):
+    _, _, cached = _cached_batch(tiny)
+    images, _ = cached.stack(range(6))
+    aug = ds.Augment(jitter=0.3, degrees=20, translate=0.1, scale=0.1)
+    a = aug(images[:4], [10, 11, 12, 13])
+    # the same image under the same seed is the same whatever the rest of the batch
+    b = aug(images[[5, 1, 4]], [99, 11, 98])
+    assert torch.equal(a[1], b[1])
+    assert torch.equal(aug(images[:4], [10, 11, 12, 13]), a)  # reused scratch buffers change nothing
+    assert not torch.equal(aug(images[:4], [20, 21, 22, 23]), a)
+    p = aug.params([3, 3, 4])
+    assert p.shape == (3, aug.N_PARAMS) and torch.equal(p[0], p[1]) and not torch.equal(p[0], p[2])
+    # geometry and colour both change pixels: each alone differs from the plain image
+    plain = ds.Augment(hflip=0, jitter=0, degrees=0, translate=0, scale=0)(images[:1], [0])
+    assert not torch.equal(ds.Augment(hflip=0, degrees=0, translate=0, scale=0, jitter=0.5)(images[:1], [1]), plain)
+    assert not torch.equal(ds.Augment(hflip=0, jitter=0, degrees=30)(images[:1], [1]), plain)
+
+
+def test_augment_affine_moves_content_the_right_way():
+    # a white column in the left quarter of a black image: a translation moves it, flip mirrors it
+    img = torch.zeros(1, 3, 40, 40, dtype=torch.uint8)
+    img[..., 8:12] = 255
+    aug = ds.Augment(mean=(0, 0, 0), std=(1, 1, 1), hflip=0, jitter=0, degrees=0, scale=0, translate=0.1)
+    p = aug.params([7])
+    out = aug(img, [7])[0, 0]
+    cols = out.mean(0).nonzero().ravel().float()
+    shift_px = ((2 * p[0, 6] - 1) * 0.1 * 40).item()
+    assert abs(cols.mean().item() - (9.5 + shift_px)) <= 1.0
+    flipped = ds.Augment(mean=(0, 0, 0), std=(1, 1, 1), hflip=1, jitter=0, degrees=0, scale=0, translate=0)(img, [7])
+    assert flipped[0, 0, :, 28:32].min() == 1 and flipped[0, 0, :, :28].max() == 0
+
+
+def test_augment_rejects_bad_input_and_pickles_light():
+    import pickle
+
+    aug = ds.Augment()
+    with pytest.raises(ValueError, match="uint8"):
+        aug(torch.zeros(2, 3, 8, 8), [0, 1])
+    with pytest.raises(ValueError, match="one seed per image"):
+        aug(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), [0])
+    with pytest.raises(ValueError, match="jitter"):
+        ds.Augment(jitter=2)
+    aug(torch.zeros(2, 3, 64, 64, dtype=torch.uint8), [0, 1])
+    assert aug._buffers and len(pickle.dumps(aug)) < 4096  # scratch buffers stay behind
+    assert "Augment(hflip=0.5" in repr(pickle.loads(pickle.dumps(aug)))
 
 
 def test_eval_table_and_dataset(tiny):

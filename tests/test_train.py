@@ -90,6 +90,35 @@ def finished_run(data_dir, tmp_path_factory) -> Path:
     return Path(result["run_dir"])
 
 
+# --------------------------------------------------------------------------- training loader
+def _epoch(loader, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    loader.sampler.set_epoch(epoch)
+    return list(loader)
+
+
+def test_training_loader_is_the_same_whatever_the_workers_and_cache(data_dir):
+    records = dataset.build_image_table(data_dir, log=None)
+    split = train.Split(train=records[:40], valid=records[40:48])
+    size, mean, std = (24, 20), dataset.IMAGENET_MEAN, dataset.IMAGENET_STD
+    cache = dataset.ImageCache([r.path for r in records[:48]], size, progress=False, log=None)
+
+    def loader(workers, image_cache):
+        return train.build_loaders(
+            split, size, mean, std, 60, 16, 16, workers, "none", 3, image_cache, train.DistInfo(), pin_memory=False
+        )[0]
+
+    reference = _epoch(loader(0, cache), 1)
+    assert [tuple(x.shape) for x, _ in reference] == [(16, 3, 24, 20)] * 2  # 40 images, batch 16, last dropped
+    images, labels = reference[0]
+    assert images.dtype == torch.float32 and labels.dtype == torch.int64
+    # normalised images: roughly centred, and the labels are the sampled records' labels
+    assert -3 < images.mean().item() < 3 and set(labels.tolist()) <= {r.label() for r in split.train}
+    for other in (_epoch(loader(2, cache), 1), _epoch(loader(1, None), 1)):
+        for (a, la), (b, lb) in zip(reference, other, strict=True):
+            assert torch.equal(la, lb) and torch.allclose(a, b, atol=1e-6)
+    assert not torch.equal(_epoch(loader(0, cache), 2)[0][0], images)  # a new epoch, new order and draws
+
+
 # --------------------------------------------------------------------------- CutMix (pure functions)
 def _coded_batch(n: int = 6, h: int = 8, w: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
     """Every pixel of sample i is i, so each pasted pixel shows where it came from."""
