@@ -3,15 +3,18 @@
 Inference: images/s of inference.py's prediction path against the boostcamp baseline's inference
 loop, same model weights, batch size and workers, over the bench eval set (--passes times over).
 
-- project: inference.build_model (channels_last, eval) on an in-memory checkpoint in train.py's format,
-  then inference.predict: dataset.EvalDataset (load_image with JPEG draft decoding, v2 eval_transform)
-  over the eval face crops the model was trained on, torch.inference_mode, probabilities kept.
+- project: inference.build_model (eval, BatchNorm folded into the convolutions, channels_last) on an
+  in-memory checkpoint in train.py's format, then inference.predict with inference.py's defaults
+  (--amp auto: bf16 autocast where the device computes bf16 natively, as this bench's CPU does; the
+  fp32 figure is a lever line): dataset.EvalDataset (load_image with JPEG draft decoding, v2
+  eval_transform) over the eval face crops the model was trained on, torch.inference_mode.
 - baseline: PIL.Image.open(full photo).convert("RGB") -> Resize(BILINEAR) -> ToTensor -> Normalize,
   DataLoader(shuffle=False), ``with torch.no_grad()``, fp32 NCHW, argmax per batch.
 
 Both timings cover building the loader, its workers and the whole pass. Lever lines, timed in the
-same alternating rounds, time --amp, torch threads = cores - workers (the model and the decoding workers
-then stop competing for cores), --tta flip, the project path on full photos and the baseline on crops.
+same alternating rounds, time --amp off (fp32), fp32 without the BatchNorm folding, DataLoader workers
+decoding alongside the model (the GPU path; on CPU, predict decodes between model calls instead),
+--tta flip, the project path on full photos and the baseline on crops.
 --profile writes the per-sample data stages and the per-batch model time of each way to
 bench/out/infer_speed_profile.txt.
 """
@@ -91,7 +94,7 @@ def timed(fn, n: int, device: torch.device) -> float:
     return n / (time.perf_counter() - start)
 
 
-def profile(project_net, baseline_net, crops, photos, size, mean, std, device, batch_size: int) -> str:
+def profile(project_net, unfused_net, baseline_net, crops, photos, size, mean, std, device, batch_size: int) -> str:
     """Where an inference pass spends its time: per-sample data stages (1 thread) and per-batch model time."""
     from loader_speed import _stage_times
 
@@ -117,10 +120,13 @@ def profile(project_net, baseline_net, crops, photos, size, mean, std, device, b
     torch.set_num_threads(threads)
 
     x = torch.randn(batch_size, 3, *size, device=device)
+    cl, mode = torch.channels_last, torch.inference_mode
     modes = (
         ("baseline: fp32 NCHW, no_grad", baseline_net, torch.no_grad, torch.contiguous_format, False),
-        ("project: fp32 channels_last, inference_mode", project_net, torch.inference_mode, torch.channels_last, False),
-        ("project --amp: bf16 autocast, channels_last", project_net, torch.inference_mode, torch.channels_last, True),
+        ("fp32 channels_last, inference_mode", unfused_net, mode, cl, False),
+        ("  + BatchNorm folded (project --amp off)", project_net, mode, cl, False),
+        ("bf16 autocast, channels_last", unfused_net, mode, cl, True),
+        ("  + BatchNorm folded (project, --amp auto here)", project_net, mode, cl, True),
     )
     lines.append(f"\nmodel forward, batch {batch_size}, {threads} threads (median of 5 after 2 warm-up):")
     for title, net, ctx, fmt, amp in modes:
@@ -143,7 +149,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", default="ResNet18", help="model name (model.py registry or timm:<name>)")
     parser.add_argument("--resize", type=int, nargs=2, default=[128, 96], metavar=("H", "W"), help="input size")
-    parser.add_argument("--passes", type=int, default=3, help="the eval set is listed this many times per timed run")
+    parser.add_argument(
+        "--passes", type=int, default=15, help="the eval set is listed this many times per timed run (~2,000 images)"
+    )
     parser.add_argument("--no-levers", dest="levers", action="store_false", help="skip the lever lines")
     common.add_common_args(parser, batch_size=64)
     return parser
@@ -168,41 +176,34 @@ def main(args: argparse.Namespace) -> int:
     n = len(crops)
     ckpt = checkpoint(args.model, size, mean, std, args.seed)
     project_net = inference.build_model(ckpt, Path("<bench checkpoint>"), device)
+    unfused_net = models.create_model(args.model, head="single", pretrained=False)
+    unfused_net.load_state_dict(ckpt["model_state"])
+    unfused_net = unfused_net.to(device=device, memory_format=torch.channels_last).eval()
     baseline_net = models.create_model(args.model, head="single", pretrained=False)
     baseline_net.load_state_dict(ckpt["model_state"])
     baseline_net = baseline_net.to(device).eval()
+    amp = inference.resolve_amp("auto", device)
     bs, w = args.batch_size, args.workers
     print(
         f"data: {data_dir} eval set x{args.passes} = {n} images, model {args.model} {size[0]}x{size[1]}, "
-        f"batch {bs}, workers {w}, {args.repeats} repeats"
+        f"batch {bs}, workers {w}, {args.repeats} repeats; --amp auto means {'bf16' if amp else 'fp32'} here"
     )
 
-    def project(paths=crops, tta="none", amp=False):
+    def project(paths=crops, tta="none", amp=amp, net=project_net, decode="auto"):
         return lambda: timed(
-            lambda: inference.predict(project_net, "single", paths, size, mean, std, device, tta, bs, w, amp), n, device
+            lambda: inference.predict(net, "single", paths, size, mean, std, device, tta, bs, w, amp, decode), n, device
         )
 
     def baseline(paths=photos):
         return lambda: timed(lambda: baseline_predict(baseline_net, paths, size, mean, std, device, bs, w), n, device)
 
-    def threads(n: int, contender):
-        def go():
-            old = torch.get_num_threads()
-            torch.set_num_threads(n)
-            try:
-                return contender()
-            finally:
-                torch.set_num_threads(old)
-
-        return go
-
     contenders = {"project": project(), "baseline": baseline()}
     if args.levers:
-        spare = max(1, (info["usable_cores"] or 1) - w) if device.type == "cpu" else torch.get_num_threads()
         contenders.update(
             {
-                "predict --amp (bf16 autocast)": project(amp=True),
-                f"predict with torch threads = cores - workers ({spare})": threads(spare, project()),
+                "predict --amp off (fp32)": project(amp=False),
+                "predict --amp off, BatchNorm not folded": project(amp=False, net=unfused_net),
+                "predict, DataLoader workers decoding alongside the model (the GPU way)": project(decode="workers"),
                 "predict --tta flip": project(tta="flip"),
                 "predict on full photos (no crops)": project(paths=photos),
                 "baseline loop on crops": baseline(paths=crops),
@@ -216,7 +217,8 @@ def main(args: argparse.Namespace) -> int:
             "inference",
             common.median(runs["project"]),
             base,
-            f"{n} images, fp32, tta none, {w} workers, batch {bs}, median of {args.repeats}",
+            f"{n} images, {'bf16 (--amp auto)' if amp else 'fp32'}, tta none, {w} workers, batch {bs}, "
+            f"median of {args.repeats}",
         )
     ]
     levers = [
@@ -231,7 +233,7 @@ def main(args: argparse.Namespace) -> int:
         "runs": runs,
     }
     if args.profile:
-        text = profile(project_net, baseline_net, crops, photos, size, mean, std, device, bs)
+        text = profile(project_net, unfused_net, baseline_net, crops, photos, size, mean, std, device, bs)
         print(text)
         payload["profile"] = str(common.write_profile(args.out, NAME, text))
     common.write_results(args.out, NAME, payload)

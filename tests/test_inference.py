@@ -90,7 +90,7 @@ def test_predictions_match_the_model(tiny, tmp_path, head, tta):
     root, info = tiny
     run = tmp_path / "run"
     make_checkpoint(run / "best.pt", head=head)
-    meta = infer(run, root / "data", "--tta", tta, "--batch-size", "5")
+    meta = infer(run, root / "data", "--tta", tta, "--batch-size", "5", "--amp", "off")
 
     ids, ans = read_submission(run / "submission.csv")
     assert ids == info["eval_ids"] == info_ids(root / "data")
@@ -280,3 +280,44 @@ def test_end_to_end_oof(cv_runs, capsys):
     assert pred_col == pred
     assert group["group"] == "r10t" and group["f1"] == pytest.approx(by_hand["f1"])
     assert f"CV macro F1 of the ensemble: {by_hand['f1']:.4f}" in capsys.readouterr().out
+
+
+def test_bf16_and_decode_paths_agree_with_fp32(tiny, tmp_path):
+    root, _ = tiny
+    run = tmp_path / "run"
+    make_checkpoint(run / "best.pt", head="multi")
+    fp32 = infer(run, root / "data", "--amp", "off", "--batch-size", "3")
+    reference = np.load(run / "eval_probs.npy")
+    assert fp32["amp"] == "off"
+    bf16 = infer(run, root / "data", "--amp", "--batch-size", "3", "--workers", "2")  # bare --amp = bf16
+    assert bf16["amp"] == "bf16"
+    np.testing.assert_allclose(np.load(run / "eval_probs.npy"), reference, atol=0.03)
+    # CPU decodes between model calls; the DataLoader-worker way (a GPU's) gives the same rows in the same order
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    net = inference.build_model(ckpt, run / "best.pt", torch.device("cpu"))
+    paths = [p for _, p in dataset.read_eval_table(root / "data")]
+    meta = ckpt["meta"]
+    args = (net, "multi", paths, SIZE, meta["mean"], meta["std"], torch.device("cpu"), "none", 4, 2, False)
+    between, _, _ = inference.predict(*args, decode="between")
+    workers, _, _ = inference.predict(*args, decode="workers")
+    np.testing.assert_allclose(between, reference, atol=1e-6)
+    np.testing.assert_allclose(workers, reference, atol=1e-6)
+
+
+def test_resolve_amp_and_conv_bn_folding():
+    cpu = torch.device("cpu")
+    assert inference.resolve_amp("off", cpu) is False and inference.resolve_amp("bf16", cpu) is True
+    assert inference.resolve_amp("auto", cpu) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    net = models.create_model(TINY_MODEL, head="single", pretrained=False).eval()
+    x = torch.randn(2, 3, *SIZE)
+    fused = inference.fuse_conv_bn(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), net(x), atol=1e-5, rtol=1e-4)
+
+    class Untraceable(torch.nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x  # data-dependent branch: torch.fx cannot trace it
+
+    odd = Untraceable()
+    assert inference.fuse_conv_bn(odd) is odd
