@@ -10,7 +10,7 @@ Members are run directories that inference.py has written ``eval_probs.npy`` / `
 - ``hard``: each member votes for its argmax class (``--weights`` weight the votes). Ties are broken by
   the weighted summed probability of the tied classes; if that is still tied, the lowest class index wins.
 
-Outputs: ``--out`` (ImageID,ans), ``ensemble_probs.npy`` next to it (soft: the weighted mean probabilities;
+Outputs: ``--out`` (ImageID,ans), ``<out stem>_probs.npy`` next to it (soft: the weighted mean probabilities;
 hard: the weighted vote fractions, shape (N, 18): on rows with a tied vote its argmax may differ from ``ans``,
 which also used the probability tie-break), and ``<out stem>_report.json`` (members, pairwise agreement,
 and with ``--answers`` each member's metrics beside the ensemble's).
@@ -266,7 +266,7 @@ def ensemble_eval(
         ],
         "agreement": {"members": names, "matrix": agree.round(6).tolist()},
         "submission": str(out),
-        "probs": str(out.parent / "ensemble_probs.npy"),
+        "probs": str(out.parent / f"{out.stem}_probs.npy"),
         "probs_kind": "mean probabilities" if mode == "soft" else "vote fractions",
         "distribution": class_distribution(labels),
     }
@@ -276,7 +276,8 @@ def ensemble_eval(
         report["metrics"] = metrics_of(y_true, labels)
 
     atomic_write_csv(out, ["ImageID", "ans"], zip(ids, labels.tolist()))
-    atomic_save_npy(out.parent / "ensemble_probs.npy", ens_probs.astype(np.float32))
+    # named after --out, so a hard and a soft ensemble written side by side keep their own probabilities
+    atomic_save_npy(out.parent / f"{out.stem}_probs.npy", ens_probs.astype(np.float32))
     atomic_write_json(out.parent / f"{out.stem}_report.json", report)
     print_eval_report(report)
     return report

@@ -1,6 +1,7 @@
 """`make demo` end to end, shrunk: tiny person counts, 32x24 px, 1 epoch (the real one is in README.md)."""
 
 import csv
+import json
 import re
 import shutil
 import subprocess
@@ -46,11 +47,14 @@ def test_short_demo_runs_end_to_end(tmp_path):
         pred = np.array([int(r["ans"]) for r in rows])
         truth = np.array([answers[i] for i in ids])
         assert dataset.classification_metrics(truth, pred)["f1"] == pytest.approx(f1, abs=1e-4)
+        assert np.load(demo / f"submission_{mode}_probs.npy").shape == (len(ids), dataset.NUM_CLASSES)
 
     for fold in ("fold0", "fold1"):
         run = demo / "runs" / fold
         for name in ("best.pt", "eval_probs.npy", "submission.csv", "confusion_matrix.png", "summary.json"):
             assert (run / name).is_file(), f"{fold}/{name}"
+        # the demo predicts with the last (cosine-annealed) weights: its small valid folds make "best" a lucky pick
+        assert json.loads((run / "eval_meta.json").read_text())["checkpoint"].endswith("last.pt")
     table = [line for line in out.stdout.splitlines() if line.startswith("| fold")]
     assert len(table) == 2 and all("finished" in line for line in table)
     assert (demo / "curves.png").stat().st_size > 0

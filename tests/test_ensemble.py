@@ -194,9 +194,11 @@ def test_cli_soft_and_hard_with_default_members(eval_runs, capsys):
         saved = json.loads((root / f"sub_{mode}_report.json").read_text())
         assert saved["agreement"]["members"] == ["a/fold0", "a/fold1", "b"]
         assert np.allclose(np.diag(saved["agreement"]["matrix"]), 1)
-        ens = np.load(root / "ensemble_probs.npy")
+        ens = np.load(root / f"sub_{mode}_probs.npy")  # per --out: hard and soft side by side keep both
         assert ens.shape == (len(ids), C) and ens.dtype == np.float32
         np.testing.assert_allclose(ens.sum(axis=1), 1, atol=1e-5)
+    soft_probs, hard_probs = (np.load(root / f"sub_{mode}_probs.npy") for mode in ("soft", "hard"))
+    assert not np.allclose(soft_probs, hard_probs)  # the later ensemble did not overwrite the earlier one's
 
 
 def test_cli_weights_and_explicit_runs(eval_runs):
