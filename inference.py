@@ -200,13 +200,17 @@ def choose_image_dir(data_dir: Path, requested: str, meta: dict) -> str:
     return trained_on
 
 
-def _decoded_chunks(data: GuardedDataset, batch_size: int, threads: int, chunk_batches: int = 4):
+def _decoded_chunks(data: GuardedDataset, batch_size: int, threads: int, max_chunk_bytes: int = 256 * 2**20):
     """CPU path: (images, index, errors) batches, decoded a few batches at a time by a thread pool, *between*
     model calls rather than alongside them: on a CPU the model's threads and concurrent decoding workers fight
-    over the same cores (bench/infer_speed.py: 1.76x -> 2.16x the baseline loop, bf16)."""
+    over the same cores (bench/infer_speed.py: 1.76x -> 2.16x the baseline loop, bf16).
+
+    A chunk is up to 4 batches, fewer when that would hold more than ``max_chunk_bytes`` of float images.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
-    chunk = batch_size * chunk_batches
+    batch_bytes = batch_size * 4 * int(np.prod(data.shape))
+    chunk = batch_size * max(1, min(4, max_chunk_bytes // max(batch_bytes, 1)))
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         for start in range(0, len(data), chunk):
             items = list(pool.map(data.__getitem__, range(start, min(start + chunk, len(data)))))
