@@ -11,7 +11,6 @@ persons and images spread over the folds.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shutil
 from collections import Counter
@@ -190,42 +189,6 @@ def resolve_image_dir(data_dir: str | os.PathLike, split: str, image_dir: str = 
     return path
 
 
-def _read_csv(
-    path: Path, required: Sequence[str], what: str, comments: bool = False
-) -> tuple[list[str], list[tuple[int, dict[str, str | None], int]]]:
-    """Header and (line number, row, field count) of a small CSV; cells are stripped strings, None when absent.
-
-    Own reader instead of csv.DictReader so bad rows can be reported by line number, rows with
-    too many or too few fields are visible, and ``#`` comment lines can be allowed.
-    """
-    if not path.is_file():
-        raise UserError(f"{path} not found ({what}); check --data-dir")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text ({what}); save it as a UTF-8 CSV") from None
-    numbered = [
-        (i + 1, line)
-        for i, line in enumerate(text.splitlines())
-        if line.strip() and not (comments and line.lstrip().startswith("#"))
-    ]
-    if not numbered:
-        raise UserError(f"{path} is empty ({what}); expected a header line {','.join(required)} and rows")
-    parsed = list(csv.reader(line for _, line in numbered))
-    header = [h.strip() for h in parsed[0]]
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise UserError(
-            f"{path} lacks column(s) {', '.join(missing)} (header: {','.join(header) or 'empty'}); "
-            f"expected {','.join(required)}"
-        )
-    rows = []
-    for (lineno, _), fields in zip(numbered[1:], parsed[1:]):
-        cells = [f.strip() for f in fields]
-        rows.append((lineno, {h: (cells[k] if k < len(cells) else None) for k, h in enumerate(header)}, len(cells)))
-    return header, rows
-
-
 def _bad_rows_error(path: Path, problems: list[str], fix: str) -> UserError:
     lines = "\n".join(f"  {p}" for p in problems)
     return UserError(f"{path} has {len(problems)} bad row(s):\n{lines}\nfix: {fix}")
@@ -270,7 +233,7 @@ def _scan_train(data_dir, image_dir: str) -> tuple[Path, list[Person], list[dict
     """Read and validate train.csv against the image folders in one pass; one UserError for all bad rows."""
     root = resolve_image_dir(data_dir, "train", image_dir)
     csv_path = Path(data_dir) / "train" / "train.csv"
-    header, rows = _read_csv(csv_path, TRAIN_COLUMNS, "the train person table")
+    header, rows = utils.read_csv_table(csv_path, TRAIN_COLUMNS, "the train person table")
     if not rows:
         raise UserError(f"{csv_path} has a header but no rows; restore the original train.csv")
     persons, images, problems = [], [], []
@@ -356,7 +319,7 @@ def read_label_fixes(csv_path: str | os.PathLike = DEFAULT_FIXES) -> list[Fix]:
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise UserError(f"label fixes file {csv_path} not found; restore it, pass another file or use --no-label-fixes")
-    _, rows = _read_csv(csv_path, ("id", "field", "value"), "label fixes", comments=True)
+    _, rows = utils.read_csv_table(csv_path, ("id", "field", "value"), "label fixes", comments=True)
     fixes, problems, seen = [], [], {}
     for lineno, row, _ in rows:
         pid, field, value = row["id"] or "", (row["field"] or "").lower(), row["value"] or ""
@@ -596,7 +559,9 @@ def person_split(
 def read_folds(path: str | os.PathLike) -> dict[str, int]:
     """Person id -> fold from a folds.csv written by this script."""
     path = Path(path)
-    _, rows = _read_csv(path, ("id", "fold"), "person folds; write it with python dataset.py --data-dir DATA")
+    _, rows = utils.read_csv_table(
+        path, ("id", "fold"), "person folds; write it with python dataset.py --data-dir DATA"
+    )
     folds, problems = {}, []
     for lineno, row, _ in rows:
         try:
@@ -616,7 +581,7 @@ def read_eval_table(data_dir: str | os.PathLike, image_dir: str = "auto") -> lis
     """(ImageID, path) for every row of eval/info.csv, in file order (the submission's order)."""
     root = resolve_image_dir(data_dir, "eval", image_dir)
     csv_path = Path(data_dir) / "eval" / "info.csv"
-    _, rows = _read_csv(csv_path, ("ImageID",), "the eval image list / submission template")
+    _, rows = utils.read_csv_table(csv_path, ("ImageID",), "the eval image list / submission template")
     with os.scandir(root) as entries:
         present = {e.name for e in entries if is_image_name(e.name)}
     if not present:

@@ -182,28 +182,56 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 # --------------------------------------------------------------------------- csv reading
-def read_csv_rows(path: str | os.PathLike, required: Sequence[str], what: str = "") -> list[dict[str, str]]:
-    """Read a CSV as a list of dicts of *strings*; missing file or columns are a UserError."""
+def read_csv_table(
+    path: str | os.PathLike, required: Sequence[str], what: str = "", comments: bool = False
+) -> tuple[list[str], list[tuple[int, dict[str, str | None], int]]]:
+    """Header and (line number, row, field count) of a CSV; cells are stripped strings, None when absent.
+
+    Own loop over csv.reader instead of csv.DictReader so bad rows can be reported by line number,
+    rows with too many or too few fields are visible, and ``#`` comment lines can be allowed.
+    A missing file, non-UTF-8 text (e.g. saved by Excel as cp949), an empty file or missing columns
+    are a UserError naming the file.
+    """
     path = Path(path)
+    about = f" ({what})" if what else ""
     if not path.is_file():
-        raise UserError(f"{path} not found{' (' + what + ')' if what else ''}; check --data-dir")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in required if c not in columns]
-        if missing:
-            raise UserError(
-                f"{path} lacks column(s) {', '.join(missing)} (has: {', '.join(columns) or 'nothing'}); "
-                f"expected {','.join(required)}"
-            )
-        rows = []
-        for row in reader:
-            if None in row:  # DictReader puts cells beyond the header under the key None
-                raise UserError(
-                    f"{path} line {reader.line_num} has more cells than the header ({len(columns)}); fix that row"
-                )
-            rows.append({k.strip(): (v or "").strip() for k, v in row.items()})
-        return rows
+        raise UserError(f"{path} not found{about}; check --data-dir")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text{about}; save it as a UTF-8 CSV") from None
+    numbered = [
+        (i + 1, line)
+        for i, line in enumerate(text.splitlines())
+        if line.strip() and not (comments and line.lstrip().startswith("#"))
+    ]
+    if not numbered:
+        raise UserError(f"{path} is empty{about}; expected a header line {','.join(required)} and rows")
+    parsed = list(csv.reader(line for _, line in numbered))
+    header = [h.strip() for h in parsed[0]]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise UserError(
+            f"{path} lacks column(s) {', '.join(missing)} (header: {','.join(header) or 'empty'}); "
+            f"expected {','.join(required)}"
+        )
+    rows = []
+    for (lineno, _), fields in zip(numbered[1:], parsed[1:]):
+        cells = [f.strip() for f in fields]
+        rows.append((lineno, {h: (cells[k] if k < len(cells) else None) for k, h in enumerate(header)}, len(cells)))
+    return header, rows
+
+
+def read_csv_rows(path: str | os.PathLike, required: Sequence[str], what: str = "") -> list[dict[str, str]]:
+    """A CSV as a list of dicts of stripped *strings* ("" for absent cells); read_csv_table's errors, and
+    a row with more cells than the header is a UserError naming its line."""
+    header, rows = read_csv_table(path, required, what)
+    out = []
+    for lineno, row, n_fields in rows:
+        if n_fields > len(header):
+            raise UserError(f"{path} line {lineno} has more cells than the header ({len(header)}); fix that row")
+        out.append({k: v or "" for k, v in row.items()})
+    return out
 
 
 # --------------------------------------------------------------------------- devices, seeds

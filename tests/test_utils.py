@@ -71,3 +71,31 @@ def test_read_csv_rows_names_missing_columns_and_extra_cells(tmp_path):
     path.write_text("id,age\n1,20,x\n")
     with pytest.raises(utils.UserError, match="line 2 has more cells"):
         utils.read_csv_rows(path, ["id"])
+
+
+def test_read_csv_rows_strips_fills_and_refuses_other_encodings(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("\ufeffImageID , ans\n\n a.jpg , 3\nb.jpg\n")  # BOM, spaces, a blank line, a short row
+    assert utils.read_csv_rows(path, ["ImageID", "ans"]) == [
+        {"ImageID": "a.jpg", "ans": "3"},
+        {"ImageID": "b.jpg", "ans": ""},
+    ]
+    path.write_bytes("ImageID,ans\n한.jpg,1\n".encode("cp949"))  # Excel's Korean default
+    with pytest.raises(utils.UserError, match="is not UTF-8 text .answers.; save it as a UTF-8 CSV"):
+        utils.read_csv_rows(path, ["ImageID", "ans"], "answers")
+    path.write_text("")
+    with pytest.raises(utils.UserError, match="is empty"):
+        utils.read_csv_rows(path, ["ImageID"])
+    with pytest.raises(utils.UserError, match="not found; check --data-dir"):
+        utils.read_csv_rows(tmp_path / "missing.csv", ["ImageID"])
+
+
+def test_read_csv_table_keeps_line_numbers_and_skips_comments(tmp_path):
+    path = tmp_path / "fixes.csv"
+    path.write_text("# a comment\nid,field,value\n\n000001,gender,female\n000002,age\n")
+    header, rows = utils.read_csv_table(path, ("id", "field", "value"), "label fixes", comments=True)
+    assert header == ["id", "field", "value"]
+    assert [(n, row["id"], row["value"], k) for n, row, k in rows] == [
+        (4, "000001", "female", 3),
+        (5, "000002", None, 2),
+    ]
