@@ -912,24 +912,25 @@ class _ImageSource:
         self.cache = cache
         _check_cache(cache, self.size)
 
-    def image(self, path) -> torch.Tensor:
+    def _fetch(self, path) -> torch.Tensor:
+        """The cached image (a view) or the decoded one, not yet resized."""
         img = self.cache.get(path) if self.cache is not None else None
-        if img is None:
-            img = load_image(path, self.size)
+        return load_image(path, self.size) if img is None else img
+
+    def image(self, path) -> torch.Tensor:
+        img = self._fetch(path)
         if self.transform is None:
             return resize_image(img, self.size).clone()  # clone: never hand out a view of the cache
         return self.transform(img)
 
     def stack(self, paths: Sequence) -> torch.Tensor:
         """Resized uint8 (B, 3, H, W) images of ``paths``, untransformed."""
-        if self.cache is not None:
-            batch = self.cache.stack(paths)
-            if batch is not None:
-                return batch
+        batch = self.cache.stack(paths) if self.cache is not None else None
+        if batch is not None:
+            return batch
         out = torch.empty((len(paths), 3, *self.size), dtype=torch.uint8)
         for i, path in enumerate(paths):
-            img = self.cache.get(path) if self.cache is not None else None
-            out[i] = resize_image(load_image(path, self.size) if img is None else img, self.size)
+            out[i] = resize_image(self._fetch(path), self.size)
         return out
 
 

@@ -160,7 +160,18 @@ def lever(name: str, value: float, reference: float, reference_name: str, note: 
     return {"name": name, "value": value, "reference": reference_name, "ratio": ratio, "note": note}
 
 
-def write_results(out: Path, name: str, payload: dict[str, Any]) -> Path:
+def announce_machine(device=None) -> dict[str, Any]:
+    """machine(device), printed as the first line of a bench's output (figures mean little without it)."""
+    info = machine(device)
+    print(describe_machine(info))
+    return info
+
+
+def write_results(out: Path, name: str, payload: dict[str, Any], profile: str | None = None) -> Path:
+    """Write ``<name>.json``; a ``profile`` text (--profile) is printed and written to ``<name>_profile.txt``."""
+    if profile is not None:
+        print(profile)
+        payload = {**payload, "profile": str(write_profile(out, name, profile))}
     path = Path(out) / f"{name}.json"
     payload = {"bench": name, "time": datetime.now().astimezone().isoformat(timespec="seconds"), **payload}
     utils.atomic_write_json(path, payload)

@@ -37,6 +37,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import common  # noqa: E402  (bench/, the script's own folder, is on sys.path)
+
 import crop_faces  # noqa: E402
 from utils import run_main  # noqa: E402
 
@@ -350,12 +352,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    import torch
-
-    print(
-        f"machine: {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, torch {torch.__version__}, "
-        f"load average {os.getloadavg()[0]:.1f}"
-    )
+    common.announce_machine()
     detector = crop_faces.FaceDetector(crop_faces.DEFAULT_MIN_FACE_SIZE, "cpu")
     grace_dir = args.out / "grace" / "eval"
     grace_files = write_photos(grace_dir, random_face_photos(args.photos, args.seed))

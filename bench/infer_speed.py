@@ -167,8 +167,7 @@ def main(args: argparse.Namespace) -> int:
     if args.quick:
         args.repeats, args.passes, size = 1, 1, (32, 24)
     device = resolve_device(args.device)
-    info = common.machine(device)
-    print(common.describe_machine(info))
+    info = common.announce_machine(device)
     mean, std = common.mean_std()
     data_dir = common.bench_data(args.out, args.train_persons, args.eval_persons, args.seed, args.crops)
     crops = [Path(p) for _, p in dataset.read_eval_table(data_dir, "crops")] * args.passes
@@ -232,11 +231,10 @@ def main(args: argparse.Namespace) -> int:
         "levers": levers,
         "runs": runs,
     }
+    text = None
     if args.profile:
         text = profile(project_net, unfused_net, baseline_net, crops, photos, size, mean, std, device, bs)
-        print(text)
-        payload["profile"] = str(common.write_profile(args.out, NAME, text))
-    common.write_results(args.out, NAME, payload)
+    common.write_results(args.out, NAME, payload, text)
     return 0
 
 

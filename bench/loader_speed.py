@@ -268,8 +268,7 @@ def main(args: argparse.Namespace) -> int:
     if args.quick:
         args.repeats, args.epochs = 1, 2
     device = resolve_device(args.device)
-    info = common.machine(device)
-    print(common.describe_machine(info))
+    info = common.announce_machine(device)
     size = common.parse_size(args.resize, (128, 96))
     mean, std = common.mean_std()
     data_dir = common.bench_data(args.out, args.train_persons, args.eval_persons, args.seed, args.crops)
@@ -352,11 +351,8 @@ def main(args: argparse.Namespace) -> int:
         "levers": levers,
         "runs": runs,
     }
-    if args.profile:
-        text = profile(crops, photos, size, mean, std, n=20 if args.quick else 256, batch_size=bs)
-        print(text)
-        payload["profile"] = str(common.write_profile(args.out, NAME, text))
-    common.write_results(args.out, NAME, payload)
+    text = profile(crops, photos, size, mean, std, n=20 if args.quick else 256, batch_size=bs) if args.profile else None
+    common.write_results(args.out, NAME, payload, text)
     return 0
 
 

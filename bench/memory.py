@@ -204,8 +204,7 @@ def main(args: argparse.Namespace) -> int:
     if args.quick:
         args.repeats, args.epochs, size = 1, 1, (32, 24)
     device = resolve_device(args.device)
-    info = common.machine(device)
-    print(common.describe_machine(info))
+    info = common.announce_machine(device)
     data_dir = common.bench_data(args.out, args.train_persons, args.eval_persons, args.seed, args.crops)
     runs_dir = args.out / "memory_runs"
     runs = []

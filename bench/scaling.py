@@ -56,8 +56,7 @@ def main(args: argparse.Namespace) -> int:
     size = common.parse_size(args.resize, (128, 96))
     if args.quick:
         args.repeats, args.epochs, size = 1, 1, (32, 24)
-    info = common.machine()
-    print(common.describe_machine(info))
+    info = common.announce_machine()
     data_dir = common.bench_data(args.out, args.train_persons, args.eval_persons, args.seed, args.crops)
     runs_dir = args.out / "scaling_runs"
     shutil.rmtree(runs_dir, ignore_errors=True)

@@ -241,8 +241,7 @@ def main(args: argparse.Namespace) -> int:
         batch_size, size = min(batch_size, 4), (32, 24)
     if n_batches < 1 or args.warmup < 0:
         raise UserError("--batches must be >= 1 and --warmup >= 0")
-    info = common.machine(device)
-    print(common.describe_machine(info))
+    info = common.announce_machine(device)
     print(f"model {args.model}, batch {batch_size}, {size[0]}x{size[1]}, {n_batches} batches x {args.repeats} repeats")
     variants = variants_for(device, args.compile)
     loops = build_loops(variants, args.model, device, args.seed)
@@ -287,11 +286,8 @@ def main(args: argparse.Namespace) -> int:
         "unavailable": errors,
         "runs": runs,
     }
-    if args.profile:
-        text = profile(loops, live, batches[: min(3, len(batches))], device)
-        print(text)
-        payload["profile"] = str(common.write_profile(args.out, NAME, text))
-    common.write_results(args.out, NAME, payload)
+    text = profile(loops, live, batches[: min(3, len(batches))], device) if args.profile else None
+    common.write_results(args.out, NAME, payload, text)
     return 0
 
 
