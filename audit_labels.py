@@ -16,6 +16,7 @@ learning (cleanlab) on per-task probabilities, the marginals of the 18-class one
   unmasked pictures with the masked ones. The product is overconfident (a person's images are not
   independent), which costs nothing: confident learning's thresholds are per class, relative to the
   class's own mean confidence. Each image is floored at 0.01, so one broken image cannot veto the others.
+  ``--combine mean`` uses the plain mean instead (the baseline way, to measure the choice against).
 - ``mask_swap`` per person: the incorrect_mask/normal pair labelled the other way round. Its probability
   compares the two orientations' likelihoods, p(swapped) = L(swapped) / (L(as given) + L(swapped)).
 - ``mask`` per image, for mask errors that are not a swap (an image of a swap suspect's pair is left to
@@ -60,6 +61,9 @@ CAP = 1e-3  # confident learning counts on probabilities capped to [CAP, 1 - CAP
 STEMS = ("mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal")  # contact-sheet order
 AS_NAMED = "as named"  # the mask_swap label of a pair whose files hold what their names say
 FALLBACK_AGES = (25, 45, 60)  # placeholder year per age group when no audited person is in the group
+# How a person's 7 image probabilities become one: the product of likelihoods (combine_images), or the plain
+# mean of probabilities (the baseline way, kept to measure the choice against it on data with known errors).
+COMBINE = ("product", "mean")
 AUDIT_COLUMNS = ("id", "path", "field", "given", "suggested", "score", "flagged", "evidence")
 SHEET = "label_audit_sheet.png"
 THUMB = (96, 128)  # contact-sheet image size (width, height): the data's 3:4 portrait
@@ -306,9 +310,11 @@ def _unmasked(p_img: np.ndarray, i: int, c: int) -> str:
     return f"unmasked images {p_img[i, slots[0], c]:.2f} / {p_img[i, slots[1], c]:.2f}"
 
 
-def person_suspects(field: str, names: Sequence[str], p_img: np.ndarray, given: np.ndarray, table: Table) -> list:
-    """gender or age suspects: the person's images combined (combine_images), scored by cleanlab."""
-    pred = combine_images(p_img)
+def person_suspects(
+    field: str, names: Sequence[str], p_img: np.ndarray, given: np.ndarray, table: Table, combine: str
+) -> list:
+    """gender or age suspects: the person's images combined (``combine``: see COMBINE), scored by cleanlab."""
+    pred = combine_images(p_img) if combine == "product" else p_img.mean(axis=1)
     scores, flagged = score_labels(given, pred)
     other = _other_class(pred, given)
     placeholders = representative_ages(table.ages, given) if field == "age" else None
@@ -377,7 +383,7 @@ def mask_suspects(mask_p: np.ndarray, mask_y: np.ndarray, table: Table, swap_per
     return out
 
 
-def find_suspects(table: Table) -> list[Suspect]:
+def find_suspects(table: Table, combine: str = "product") -> list[Suspect]:
     """Every field's suspects, ranked: cleanlab-flagged first, then the rest, each by score (lowest first)."""
     import dataset
 
@@ -389,8 +395,8 @@ def find_suspects(table: Table) -> list[Suspect]:
             f"valid_preds.csv gives {len(mixed)} person(s) several genders or age groups ({table.ids[mixed[0]]}); "
             "retrain the run that validates them"
         )
-    suspects = person_suspects("gender", dataset.GENDER_NAMES, gender_p, gender_y[:, 0], table)
-    suspects += person_suspects("age", dataset.age_group_names(), age_p, age_y[:, 0], table)
+    suspects = person_suspects("gender", dataset.GENDER_NAMES, gender_p, gender_y[:, 0], table, combine)
+    suspects += person_suspects("age", dataset.age_group_names(), age_p, age_y[:, 0], table, combine)
     swaps = swap_suspects(mask_p, mask_y, table)
     suspects += swaps + mask_suspects(mask_p, mask_y, table, {s.person for s in swaps})
     return sorted(suspects, key=lambda s: (not s.flagged, s.score, FIELDS.index(s.field), s.person))
@@ -510,6 +516,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--image-dir", default=None, choices=("auto", "images", "crops"), help="image tree (default: the runs')"
     )
     parser.add_argument(
+        "--combine", default="product", choices=COMBINE, help="how a person's 7 images combine (see the top)"
+    )
+    parser.add_argument(
         "--label-fixes",
         type=Path,
         default=None,
@@ -587,19 +596,20 @@ def warn_about_training(setting: str, config: dict, notes: list[str]) -> None:
         )
 
 
-def load_audit_table(args: argparse.Namespace, notes: list[str]) -> tuple[Table, dict]:
+def load_audit_table(args: argparse.Namespace, notes: list[str], step: Progress) -> tuple[Table, dict]:
+    runs = expand_runs(args.runs)
+    step(f"reading the out-of-fold predictions of {len(runs)} run(s) (importing torch first)")
     import dataset
     import ensemble
 
-    runs = ensemble.find_members(expand_runs(args.runs), Path("runs"), "valid_preds.csv", "train it with --fold K")
+    runs = ensemble.find_members(runs, Path("runs"), "valid_preds.csv", "train it with --fold K")
     names = ensemble.member_names(runs)
-    print(f"[1/5] reading the out-of-fold predictions of {len(runs)} run(s): {_listing(names, 8)}", flush=True)
     members = [ensemble.load_oof_member(r) for r in runs]
     ensemble.check_same_split(members, names)
     setting = check_same_fixes(members, names)
     data_dir, image_dir = data_location(members, names, args.data_dir, args.image_dir)
     config = members[0]["config"]
-    print(f"[2/5] checking them against {Path(data_dir) / 'train' / 'train.csv'}", flush=True)
+    step(f"checking them against {Path(data_dir) / 'train' / 'train.csv'}")
     persons = dataset.read_persons(data_dir, image_dir)
     check_coverage(members, names, [p.path.rstrip("/") for p in persons], [p.id for p in persons])
     trained, fixes_path, fixes = label_fixes_of(setting, args.label_fixes)
@@ -620,6 +630,7 @@ def load_audit_table(args: argparse.Namespace, notes: list[str]) -> tuple[Table,
         "label_fixes_file": str(fixes_path),
         "fixes": fixes,
     }
+    print(f"      runs: {_listing(names, 8)}")
     print(
         f"      {len(table.ids)} persons, {table.labels.size} images, each validated once: folds "
         f"{_listing(folds, 10)} of {config.get('folds')} (split seed {config.get('split_seed')}), "
@@ -629,52 +640,59 @@ def load_audit_table(args: argparse.Namespace, notes: list[str]) -> tuple[Table,
     return table, about
 
 
-def main(args: argparse.Namespace) -> dict:
-    start = time.perf_counter()
-    if args.top < 0:
-        raise UserError(f"--top must be >= 0 (got {args.top})")
-    notes: list[str] = []
-    table, about = load_audit_table(args, notes)
+class Progress:
+    """The numbered step lines, ``[k/5 t s] what``, t the seconds since the audit started."""
 
-    print(
-        "[3/5] scoring with cleanlab (confident learning): gender, age, mask_swap per person, mask per image",
-        flush=True,
-    )
-    suspects = find_suspects(table)
-    fixes_name = Path(about["label_fixes_file"]).name
-    already = mark_already_fixed(suspects, table, about.pop("fixes"), fixes_name)
+    def __init__(self, total: int = 5):
+        self.total, self.n, self.start = total, 0, time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        self.n += 1
+        print(f"[{self.n}/{self.total} {self.seconds():.1f}s] {message}", flush=True)
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def field_counts(suspects: Sequence[Suspect]) -> dict:
     counts = {}
     for field in FIELDS:
         listed = [s for s in suspects if s.field == field]
         counts[field] = {"listed": len(listed), "flagged": sum(s.flagged for s in listed)}
         unit = "images" if field == "mask" else "persons"
         print(f"      {field:<9} {counts[field]['flagged']:>5} {unit} flagged, {len(listed):>5} listed", flush=True)
+    return counts
 
-    out = args.out
-    fixes_rows = suggested_fixes(suspects, table)
-    print(f"[4/5] writing {out / 'label_audit.csv'} ({len(suspects)} rows), label_fixes_suggested.csv "
-          f"({len(fixes_rows)} fixes)", flush=True)  # fmt: skip
+
+def main(args: argparse.Namespace) -> dict:
+    if args.top < 0:
+        raise UserError(f"--top must be >= 0 (got {args.top})")
+    step, notes = Progress(), []
+    table, about = load_audit_table(args, notes, step)
+
+    step("scoring with cleanlab (confident learning): gender, age, mask_swap per person, mask per image")
+    suspects = find_suspects(table, args.combine)
+    fixes_name = Path(about["label_fixes_file"]).name
+    already = mark_already_fixed(suspects, table, about.pop("fixes"), fixes_name)
+    counts = field_counts(suspects)
+
+    out, fixes_rows = args.out, suggested_fixes(suspects, table)
+    step(
+        f"writing {out / 'label_audit.csv'} ({len(suspects)} rows), label_fixes_suggested.csv ({len(fixes_rows)} fixes)"
+    )
     utils.atomic_write_csv(out / "label_audit.csv", AUDIT_COLUMNS, suspect_rows(suspects, table))
     utils.atomic_write_csv(out / "label_fixes_suggested.csv", ["id", "field", "value"], fixes_rows)
-
-    failed: list[str] = []
     if args.top:
-        print(f"[5/5] contact sheet of the top {min(args.top, len(suspects))} suspects: {out / SHEET}", flush=True)
-        image_root = Path(about["image_dir"])
-        write_sheet(out / SHEET, contact_sheet(suspects, table, image_root, args.top, failed))
+        step(f"contact sheet of the top {min(args.top, len(suspects))} suspects: {out / SHEET}")
+        failed: list[str] = []
+        write_sheet(out / SHEET, contact_sheet(suspects, table, Path(about["image_dir"]), args.top, failed))
         if failed:
             warn(f"{len(failed)} image(s) could not be read for the contact sheet ({_listing(failed, 3)})", notes)
     else:
-        print("[5/5] no contact sheet (--top 0)", flush=True)
+        step("no contact sheet (--top 0)")
 
-    summary = {
-        **about,
-        "counts": counts,
-        "suggested_fixes": len(fixes_rows),
-        "already_fixed": already,
-        "warnings": notes,
-        "seconds": round(time.perf_counter() - start, 3),
-    }
+    summary = {**about, "combine": args.combine, "counts": counts, "suggested_fixes": len(fixes_rows)}
+    summary |= {"already_fixed": already, "warnings": notes, "seconds": round(step.seconds(), 3)}
     utils.atomic_write_json(out / "label_audit_summary.json", summary)
     print_top(suspects, table, min(args.top, 20))
     if already:

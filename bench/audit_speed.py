@@ -12,6 +12,8 @@ the data layout (tests/helpers.py), made once under bench/out/data/.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -20,10 +22,12 @@ import time
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "tests")]
+import audit_quality  # noqa: E402
 import common  # noqa: E402
 from fake_oof import Plant, write_fake_oof_runs  # noqa: E402
 from helpers import make_tiny_dataset  # noqa: E402
 
+import audit_labels  # noqa: E402
 import utils  # noqa: E402
 
 NAME = "audit_speed"
@@ -44,6 +48,16 @@ def fabricate(root: Path, persons: int, folds: int) -> tuple[list[Path], dict]:
         hard=set(ids[4 :: step // 2]),
     )
     runs = write_fake_oof_runs(root / "runs", info, plant, folds=folds)
+    truth = [
+        [
+            p["id"],
+            ("female" if p["gender"] == "male" else "male") if p["id"] in plant.gender else p["gender"],
+            (25, 45, 65)[plant.age[p["id"]]] if p["id"] in plant.age else p["age"],
+            int(p["id"] in plant.swap),
+        ]
+        for p in info["persons"]
+    ]
+    utils.atomic_write_csv(root / "data" / "train" / "label_truth.csv", ["id", "gender", "age", "swapped"], truth)
     counts = {"gender": len(plant.gender), "age": len(plant.age), "mask_swap": len(plant.swap), "hard": len(plant.hard)}
     utils.atomic_write_json(marker, {"runs": [str(r) for r in runs], "plant": counts})
     return runs, counts
@@ -88,6 +102,17 @@ def main(args: argparse.Namespace) -> int:
     )
     payload = {"machine": info, "figures": [fig], "times": times, "planted": plant, "flagged": flagged}
     payload |= {"in_process_s": summary["seconds"], "loadavg": load}
+    for combine in audit_labels.COMBINE:  # recall on the fabricated truth: a check of the pipeline, not evidence
+        out = root / f"audit_{combine}"
+        run_audit = ["--runs", *map(str, runs), "--out", str(out), "--combine", combine, "--top", "0"]
+        with contextlib.redirect_stdout(io.StringIO()):
+            audit_labels.main(audit_labels.get_args_parser().parse_args(run_audit))
+            quality = audit_quality.main(
+                audit_quality.get_args_parser().parse_args(["--data-dir", str(root / "data"), "--audit", str(out)])
+            )
+        recall = {k: v["top_2x"]["recall"] for k, v in quality["fields"].items()}
+        print(f"  --combine {combine}: recall within the top 2x on the fabricated truth {recall}")
+        payload[f"recall_top_2x_{combine}"] = recall
     common.write_results(args.out, NAME, payload)
     return 0
 

@@ -118,7 +118,7 @@ def test_finds_the_planted_errors_in_order(tiny, tmp_path, capsys):
     out = tmp_path / "audit"
     code, stdout, err = audit(["--runs", *map(str, runs), "--out", str(out), "--top", "10"], capsys)
     assert code == 0, err
-    assert all(f"[{k}/5]" in stdout for k in range(1, 6)), "a progress line per step"
+    assert all(f"[{k}/5 " in stdout for k in range(1, 6)), "a progress line per step"
     rows = read_rows(out / "label_audit.csv")
     assert list(rows[0]) == list(audit_labels.AUDIT_COLUMNS)
     by_field = {f: [r for r in rows if r["field"] == f] for f in audit_labels.FIELDS}
@@ -157,6 +157,9 @@ def test_finds_the_planted_errors_in_order(tiny, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["label_audit.csv", "label_fixes_suggested.csv", "label_audit_sheet.png", "label_audit_summary.json"]
     )
+    # the baseline combination (mean of probabilities) runs too, for measuring the choice against it
+    code, _, err = audit(["--runs", *map(str, runs), "--out", str(tmp_path / "mean"), "--combine", "mean"], capsys)
+    assert code == 0 and json.loads((tmp_path / "mean" / "label_audit_summary.json").read_text())["combine"] == "mean"
 
 
 def test_fold_all_parent_and_already_fixed_persons(tmp_path, capsys):
