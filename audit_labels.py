@@ -328,8 +328,8 @@ def person_suspects(
         if field == "age":
             years = int(table.ages[i])
             near = next((b for b in (30, 60) if b - 3 <= years <= b), None)
-            where = f" (next to the {near} boundary)" if near else ""
-            evidence = f"given age {years}{where}; {evidence}"
+            edge = f" (next to the {near} boundary)" if near else ""
+            evidence = f"given age {years}{edge}; {evidence}"
             value = str(placeholders[s])
             evidence += f"; fix value {value} is a placeholder year for {names[s]}: look up the real age"
         where = dict(path=table.folders[i], value=value, images=tuple(range(len(STEMS))))
@@ -511,9 +511,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs", nargs="+", required=True, help="one run dir per fold (or a --fold all parent)")
     parser.add_argument("--out", type=Path, default=Path("label_audit"), help="folder the audit is written to")
     parser.add_argument("--top", type=int, default=50, help="suspects shown on the contact sheet and printed")
-    parser.add_argument("--data-dir", default=None, help="the data the runs trained on (default: their config.json)")
+    parser.add_argument("--data-dir", default=None, help="the data the runs trained on; None: their config.json's")
     parser.add_argument(
-        "--image-dir", default=None, choices=("auto", "images", "crops"), help="image tree (default: the runs')"
+        "--image-dir", default=None, choices=("auto", "images", "crops"), help="image tree; None: the runs'"
     )
     parser.add_argument(
         "--combine", default="product", choices=COMBINE, help="how a person's 7 images combine (see the top)"
@@ -522,7 +522,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--label-fixes",
         type=Path,
         default=None,
-        help="fixes file to compare with (default: the runs', else the repo's)",
+        help="fixes file to compare with; None: the runs', else the repo's",
     )
     return parser
 
@@ -673,7 +673,9 @@ def main(args: argparse.Namespace) -> dict:
     step("scoring with cleanlab (confident learning): gender, age, mask_swap per person, mask per image")
     suspects = find_suspects(table, args.combine)
     fixes_name = Path(about["label_fixes_file"]).name
-    already = mark_already_fixed(suspects, table, about.pop("fixes"), fixes_name)
+    fixes = about.pop("fixes")
+    already = mark_already_fixed(suspects, table, fixes, fixes_name)
+    fixed_here = sorted({f.id for f in fixes} & set(table.ids))
     counts = field_counts(suspects)
 
     out, fixes_rows = args.out, suggested_fixes(suspects, table)
@@ -692,11 +694,17 @@ def main(args: argparse.Namespace) -> dict:
         step("no contact sheet (--top 0)")
 
     summary = {**about, "combine": args.combine, "counts": counts, "suggested_fixes": len(fixes_rows)}
-    summary |= {"already_fixed": already, "warnings": notes, "seconds": round(step.seconds(), 3)}
+    summary |= {
+        "fixed_in_file": fixed_here,
+        "already_fixed": already,
+        "warnings": notes,
+        "seconds": round(step.seconds(), 3),
+    }
     utils.atomic_write_json(out / "label_audit_summary.json", summary)
     print_top(suspects, table, min(args.top, 20))
-    if already:
-        print(f"already fixed in {fixes_name}: {len(already)} of the suspects ({_listing(already, 11)})")
+    if fixed_here:
+        among = f": {_listing(already, 11)}" if already else ""
+        print(f"{fixes_name} corrects {len(fixed_here)} person(s) of this data; {len(already)} are suspects{among}")
     print(
         f"done in {summary['seconds']:.1f}s. Review {out / SHEET} and {out / 'label_audit.csv'}, copy the lines "
         f"you agree with from {out / 'label_fixes_suggested.csv'} into {fixes_name} (replace placeholder ages "

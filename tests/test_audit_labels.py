@@ -176,7 +176,7 @@ def test_fold_all_parent_and_already_fixed_persons(tmp_path, capsys):
     for key in (("006359", "gender"), ("000020", "mask_swap")):
         assert rows[key]["flagged"] == "1" and "already fixed in label_fixes.csv" in rows[key]["evidence"]
     assert dataset.read_label_fixes(out / "label_fixes_suggested.csv") == [], "no second line for a fixed id"
-    assert "already fixed in label_fixes.csv: 2 of the suspects (006359, 000020)" in stdout
+    assert "label_fixes.csv corrects 2 person(s) of this data; 2 are suspects: 006359, 000020" in stdout
     assert json.loads((out / "label_audit_summary.json").read_text())["already_fixed"] == ["006359", "000020"]
 
 
