@@ -95,6 +95,16 @@ def find_action(parser: argparse.ArgumentParser, key: str) -> argparse.Action:
     raise UserError(f"--vary {key}=...: train.py has no flag {flag}{hint}; see python train.py --help")
 
 
+def negated_text(action: argparse.Action, key: str, text: str | None) -> str | None:
+    """``--vary no-cache`` means cache=false: flip the value of a --no-<flag> spelling."""
+    if not isinstance(action, argparse.BooleanOptionalAction) or not key.strip().lstrip("-").startswith("no"):
+        return text
+    if ("--" + key.strip().lstrip("-")).replace("_", "-") not in action.option_strings[1:]:
+        return text  # a flag whose own name starts with "no"
+    word = (text or "true").strip().lower()
+    return "false" if word in TRUE_WORDS else "true" if word in FALSE_WORDS else text
+
+
 def change_tokens(action: argparse.Action, text: str | None) -> list[str]:
     """The train.py command-line tokens that set ``action`` to ``text``."""
     flag = next(o for o in action.option_strings if o.startswith("--"))
@@ -194,7 +204,7 @@ def make_variants(parser: argparse.ArgumentParser, base: dict, specs: list[str])
         key, values = split_vary(spec)
         action = find_action(parser, key)
         for text in values:
-            value, tokens = parse_change(parser, action, text)
+            value, tokens = parse_change(parser, action, negated_text(action, key, text))
             shown = f"{action.dest}={_show(value)}"
             if canonical(action.dest, value) == canonical(action.dest, base.get(action.dest)):
                 notes.append(f"note: {shown} is the base's own value; no variant for it")
@@ -298,7 +308,7 @@ def make_space(parser: argparse.ArgumentParser, base: dict, specs: list[str]) ->
             # "(base)" adds no token, so a run keeps the base config's value, whatever it is (None included).
             options: dict[str, list[str]] = {BASE_CHOICE: []}
             for v in values:
-                value, tokens = parse_change(parser, action, v)
+                value, tokens = parse_change(parser, action, negated_text(action, key, v))
                 if canonical(action.dest, value) != canonical(action.dest, base.get(action.dest)):
                     options.setdefault(_choice_text(tokens), tokens)
                     checks.append(Variant(f"{action.dest}={v}", action.dest, value, [], f"{action.dest}={v}"))
@@ -397,10 +407,14 @@ def open_storage(url: str, heartbeat: int, grace: int):
             )
             break
         except Exception as e:
-            from sqlalchemy.exc import OperationalError
+            from sqlalchemy.exc import DBAPIError, IntegrityError
 
-            # Two workers creating the tables of a new SQLite file at once: the loser retries.
-            if sqlite and isinstance(e, OperationalError) and attempt < 5:
+            # Workers creating the tables of a new database at once ("table ... already exists", alembic's
+            # version row twice, a locked SQLite file): the losers retry and find the tables made.
+            racing = (
+                isinstance(e, IntegrityError) or "already exists" in str(e) or (sqlite and isinstance(e, DBAPIError))
+            )
+            if racing and attempt < 5:
                 time.sleep(0.3 * (attempt + 1))
                 continue
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -962,8 +976,17 @@ def storage_url(args: argparse.Namespace, sweep_dir: Path, planning: bool) -> st
 
 
 def start_workers(workers: list[Worker]) -> bool:
-    """Run the workers in threads; Ctrl-C or SIGTERM stops them cleanly. True if interrupted."""
-    threads = [threading.Thread(target=work, args=(w,), name=f"slot{w.slot}", daemon=True) for w in workers]
+    """Run the workers in threads; Ctrl-C or SIGTERM stops them cleanly. True if interrupted; a worker's
+    error (e.g. the database gone for good) is raised here once every worker has stopped."""
+    errors: list[BaseException] = []
+
+    def guarded(w: Worker) -> None:
+        try:
+            work(w)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=guarded, args=(w,), name=f"slot{w.slot}", daemon=True) for w in workers]
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
@@ -975,6 +998,8 @@ def start_workers(workers: list[Worker]) -> bool:
         for t in threads:
             while t.is_alive():
                 t.join(timeout=0.5)
+        if errors:
+            raise errors[0]
         return False
     except KeyboardInterrupt:
         workers[0].stop.set()

@@ -37,14 +37,16 @@ def base(parser):
 
 # --------------------------------------------------------------------------- the plan
 def test_plan_has_exactly_one_change_per_variant(parser, base):
-    specs = ["lr=1e-3,3e-4", "criterion=ce,focal,label_smoothing", "age-old-threshold=58", "resize=64x48", "cache"]
+    specs = ["lr=1e-3,3e-4", "criterion=ce,focal,label_smoothing", "age-old-threshold=58", "resize=64x48", "cache",
+             "no-pretrained", "pretrained=true"]  # fmt: skip
     variants, notes = sweep.make_variants(parser, base, specs)
     assert [v.name for v in variants] == [
         "base", "lr-1e-3", "criterion-focal", "criterion-label_smoothing", "age-old-threshold-58", "resize-64-48",
-        "cache",
+        "cache", "no-pretrained",
     ]  # fmt: skip
     assert any("lr=0.0003 is the base's own value" in n for n in notes)
     assert any("criterion=ce is the base's own value" in n for n in notes)
+    assert any("pretrained=True is the base's own value" in n for n in notes)
     for v in variants[1:]:
         parsed = vars(parser.parse_args(["--data-dir", "data", *v.tokens]))
         differ = {k for k in base if parsed[k] != base[k]}
