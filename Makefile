@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SEED ?= 0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo demo-sweep bench clean
 
 install: $(STAMP)
 
@@ -55,6 +55,12 @@ demo: install
 	$(BIN)/python ensemble.py --mode soft --runs-dir $(DEMO)/runs --oof --out $(DEMO)/submission_soft.csv
 	$(BIN)/python experiments.py --runs $(DEMO)/runs --plot $(DEMO)/curves.png
 
+# After `make demo` (its data and crops): the demo recipe as a sweep's base, one change per variant, folds 0-1 x
+# seeds 42-43, two trainings side by side; the verdict lands in $(DEMO)/runs/demo_sweep/verdict.md.
+DEMO_SWEEP ?= --vary image-dir=images --vary cutmix=0 --vary criterion=focal --folds 0 1 --repeats 2 --jobs 2
+demo-sweep: install
+	$(BIN)/python sweep.py --study demo_sweep $(DEMO_SWEEP) -- $(DEMO_TRAIN)
+
 # Each script prints `bench <name>: project X img/s, baseline Y img/s, ratio R` and writes bench/out/<name>.json.
 bench: install
 	$(BIN)/python bench/crop_speed.py
@@ -63,6 +69,7 @@ bench: install
 	$(BIN)/python bench/infer_speed.py
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/scaling.py
+	$(BIN)/python bench/sweep_checks.py
 	$(BIN)/python bench/report.py
 
 clean:
