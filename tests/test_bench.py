@@ -7,7 +7,9 @@ centre crops, made once for the module.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -120,6 +122,16 @@ def test_report_renders_results(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| loader | 300.0 | 100.0 | 3.00 | n |" in text and "| memory | peak 1.20 GiB |" in text
     assert "no results yet for: crop_speed, train_speed, infer_speed, scaling" in text
+
+
+def test_gpu_check_says_in_one_line_that_it_needs_a_gpu(tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU, even where one is lent
+    out = subprocess.run(
+        ["bash", "bench/gpu_check.sh", "--out", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert out.returncode != 0 and out.stdout == ""
+    assert len(out.stderr.strip().splitlines()) == 1 and "needs a CUDA GPU" in out.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_crop_speed_quick(tmp_path, capsys):
