@@ -13,8 +13,9 @@ crop_faces' boxes against the baseline's (same detector, so the agreement is abo
   ``--photos`` photos. This rate rules a run on the real data's 31,500 photos.
 - ``crop_whole_process``: ``python crop_faces.py`` and ``python bench/naive_crop.py`` as whole processes,
   timed from start to exit as a shell times them (imports, model load, every photo, teardown), on
-  ``--whole`` photos, ``--whole-repeats`` runs. Their startup (the time beyond the photos at the steady
-  rate) and the projected time for 31,500 photos are printed too.
+  ``--whole`` photos, ``--whole-repeats`` runs. Each run's own photo loop is timed too (crop_faces.py's
+  summary line, naive_crop.py's result file): the rest is its startup and exit, and startup + 31,500
+  photos at that run's rate is the projected time on the real data (printed, medians of the runs).
 
 ``--levers`` times each speed-up on its own (detection only, photos already decoded) and profiles
 the baseline; ``--synthetic N`` repeats the steady-state comparison on synthetic_data.py photos of N
@@ -36,6 +37,7 @@ import io
 import json
 import os
 import pstats
+import re
 import shutil
 import statistics
 import subprocess
@@ -241,32 +243,39 @@ def timed_process(cmd: list[str], env: dict, outputs: list[Path], timeout: float
     return seconds, proc.stdout
 
 
-def whole_process(args, steady: dict) -> dict:
+SPLIT_TIME = re.compile(r"in ([\d.]+)s \(")  # crop_faces.py's summary line: "...; processed 700, ... in 4.2s ("
+
+
+def whole_process(args) -> dict:
     """crop_faces.py and naive_crop.py as whole processes (interpreter start, imports, model load, every photo,
     exit) on the same ``--whole`` photos, alternating ``--whole-repeats`` times; each crop_faces.py run is a
-    first run (no crops or manifest yet). The startup is what a run takes beyond its photos at the
-    steady-state rate, which projects a run on the real data's 31,500 photos."""
-    root = args.out / "crop_speed" / "whole"
+    first run (no crops or manifest yet). Each run's photo loop is timed by the run itself: the rest is its
+    startup and exit, and projects a run on the real data's 31,500 photos."""
+    root = args.out / NAME / "whole"
     split_dir = root / "eval"
     files = cached_photos(split_dir, args.whole, args.seed + 1)
     n = len(files)
-    naive_out, boxes_json = root / "naive", root / "naive_boxes.json"
+    naive_out, result_json = root / "naive", root / "naive_result.json"
     project = [sys.executable, str(common.REPO / "crop_faces.py"), "--data-dir", str(root), "--splits", "eval"]
     naive = [sys.executable, str(Path(naive_crop.__file__)), str(split_dir / "images"), str(naive_out)]
     outputs = [split_dir / "crops", split_dir / crop_faces.MANIFEST_NAME, split_dir / crop_faces.PARTIAL_NAME]
-    runs = common.alternate(
-        {
-            "project": lambda: timed_process(project, common.clean_env(), outputs),
-            "baseline": lambda: timed_process([*naive, "--boxes", str(boxes_json)], common.clean_env(
-                args.baseline_threads), [naive_out, boxes_json]),
-        },
-        args.whole_repeats,
-    )  # fmt: skip
-    seconds = {who: [s for s, _ in rs] for who, rs in runs.items()}
+
+    def run_project() -> dict:
+        seconds, out = timed_process(project, common.clean_env(), outputs)
+        summary = out.strip().splitlines()[-1]
+        return {"seconds": seconds, "loop_seconds": float(SPLIT_TIME.search(summary).group(1)), "summary": summary}
+
+    def run_naive() -> dict:
+        env = common.clean_env(args.baseline_threads)
+        seconds, _ = timed_process([*naive, "--boxes", str(result_json)], env, [naive_out, result_json])
+        return {"seconds": seconds, "loop_seconds": json.loads(result_json.read_text())["loop_seconds"]}
+
+    runs = common.alternate({"project": run_project, "baseline": run_naive}, args.whole_repeats)
+    seconds = {who: [r["seconds"] for r in rs] for who, rs in runs.items()}
     ratios = [b / p for p, b in zip(seconds["project"], seconds["baseline"])]
-    med = {who: statistics.median(s) for who, s in seconds.items()}
     for r, (p, b) in enumerate(zip(seconds["project"], seconds["baseline"])):
         print(f"  whole process run {r + 1}: project {p:.2f} s, baseline {b:.2f} s")
+    med = {who: statistics.median(s) for who, s in seconds.items()}
     fig = common.figure(
         "crop_whole_process",
         n / med["project"],
@@ -274,22 +283,21 @@ def whole_process(args, steady: dict) -> dict:
         f"{n} photos, whole processes timed from start to exit, median of {args.whole_repeats}; per-run ratio "
         f"median {statistics.median(ratios):.2f}, range {min(ratios):.2f}-{max(ratios):.2f}",
     )
-    base_boxes = json.loads(boxes_json.read_text())
+    base_boxes = json.loads(result_json.read_text())["boxes"]
     rows = crop_faces.read_manifest(split_dir / crop_faces.MANIFEST_NAME)
     agree = agreement([base_boxes[f.name] for f in files], rows, [f.name for f in files])
     print_agreement("whole process", agree, n, crop_faces.snap_min_face_size(crop_faces.DEFAULT_MIN_FACE_SIZE))
-    rates = {"project": steady["project"], "baseline": steady["baseline"]}
-    startup = {who: max(0.0, med[who] - n / rates[who]) for who in med}
-    projected = {who: startup[who] + REAL_PHOTOS / rates[who] for who in med}
+    startup = {who: statistics.median(r["seconds"] - r["loop_seconds"] for r in rs) for who, rs in runs.items()}
+    rate = {who: statistics.median(n / r["loop_seconds"] for r in rs) for who, rs in runs.items()}
+    projected = {who: startup[who] + REAL_PHOTOS / rate[who] for who in runs}
     print(
-        f"  startup beyond the photos at the steady rate: project {startup['project']:.1f} s, baseline "
-        f"{startup['baseline']:.1f} s; projected for the real data's {REAL_PHOTOS:,} photos: project "
-        f"{projected['project'] / 60:.1f} min, baseline {projected['baseline'] / 60:.1f} min, ratio "
+        f"  startup and exit: project {startup['project']:.1f} s, baseline {startup['baseline']:.1f} s; photo loops "
+        f"{rate['project']:.1f} vs {rate['baseline']:.1f} img/s; projected for the real data's {REAL_PHOTOS:,} "
+        f"photos: project {projected['project'] / 60:.1f} min, baseline {projected['baseline'] / 60:.1f} min, ratio "
         f"{projected['baseline'] / projected['project']:.2f}"
     )
-    summary = [out.strip().splitlines()[-1] for _, out in runs["project"]]
-    return {**fig, "agreement": agree, "seconds": seconds, "startup_s": startup, "projected_real_s": projected,
-            "crop_faces_summary": summary}  # fmt: skip
+    return {**fig, "agreement": agree, "runs": runs, "startup_s": startup, "loop_rate": rate,
+            "projected_real_s": projected}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- levers
@@ -461,7 +469,7 @@ def main(args: argparse.Namespace) -> int:
     grace_files = write_photos(grace_dir, random_face_photos(args.photos, args.seed))
     figures = [compare("grace_hopper", grace_dir, grace_files, args, detector)]
     if args.whole:
-        figures.append(whole_process(args, figures[0]))
+        figures.append(whole_process(args))
     if args.synthetic:
         try:
             from synthetic_data import generate

@@ -144,6 +144,7 @@ def test_crop_speed_quick(tmp_path, capsys):
     assert {"crop_faces", "crop_whole_process"} <= set(lines)
     result = json.loads((tmp_path / "crop_speed.json").read_text())
     whole = result["figures"][1]
-    assert whole["name"] == "crop_whole_process" and len(whole["seconds"]["project"]) == 1
+    assert whole["name"] == "crop_whole_process" and len(whole["runs"]["project"]) == 1
     assert whole["agreement"]["mean_iou"] > 0.9 and whole["projected_real_s"]["project"] > 0
-    assert "4 mtcnn" in whole["crop_faces_summary"][0]
+    assert "4 mtcnn" in whole["runs"]["project"][0]["summary"]
+    assert 0 < whole["startup_s"]["baseline"] < whole["runs"]["baseline"][0]["seconds"]
