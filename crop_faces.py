@@ -5,6 +5,12 @@
 Then train on the crops with ``--image-dir crops`` (``--image-dir auto`` picks them once
 ``<split>/crops_manifest.csv`` exists, which is written only when a split completes).
 
+The photos are those the data's tables list, checked as training checks them: train/train.csv's person
+folders and their 7 images, eval/info.csv's ImageIDs. Any other file under images/ (an extra copy, a
+run's figures saved there by mistake) is never cropped; the summary line counts what was left out.
+Images are opened as training opens them (utils.open_rgb: EXIF orientation, 16-bit PNGs scaled).
+Unreadable images get an ``error`` row and are listed at the end (exit 2); every other crop is kept.
+
 How a crop is chosen, per photo:
 - ``override``: a face box from ``--overrides boxes.csv`` (``split,path,x1,y1,x2,y2``, upright pixel
   frame) wins over detection.
@@ -26,7 +32,9 @@ Speed (bench/crop_speed.py): ``--min-face-size`` is snapped onto the default MTC
 (20 / 0.709**k), so the boxes are those of ``MTCNN()`` itself minus faces below the minimum; same-size
 photos are detected in batches of one contiguous NCHW float tensor; on CPU ``--detect-streams``
 batches run at once with the torch threads split among them; decoding and encoding run in a thread
-pool of ``--workers``.
+pool of ``--workers``. Startup: torch and MTCNN load in a background thread (DetectorLoader) while the
+tables are read and the first photos decoded, and the script ends without the interpreter's teardown
+of torch (utils.exit_without_teardown, 1-1.5 s); ``--help`` answers without importing torch.
 
 Manifest ``<split>/crops_manifest.csv``: ``path,method,prob,x1,y1,x2,y2,crop_x1,crop_y1,crop_x2,crop_y2``,
 path relative to ``<split>/images``; ``x1..y2`` the face box as detected/given (it may reach past the
@@ -45,6 +53,7 @@ import math
 import os
 import random
 import sys
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -53,10 +62,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from utils import UserError, atomic_path, atomic_write_csv, read_csv_rows, resolve_device, run_main
+from utils import (
+    UserError,
+    atomic_path,
+    atomic_write_csv,
+    exit_without_teardown,
+    open_rgb,
+    read_csv_rows,
+    resolve_device,
+    run_main,
+)
 
 MANIFEST_NAME = "crops_manifest.csv"
 PARTIAL_NAME = "crops_manifest.partial.csv"
@@ -80,6 +98,10 @@ CENTRAL_FACE = (0.24, 0.22, 0.76, 0.66)
 UNMASKED_STEMS = ("normal", "incorrect_mask")
 MIN_SURE_PROB = 0.9
 CHECKPOINT_SECONDS = 30.0
+# Decoded photos held for detection while torch and MTCNN still load (~450 photos of 384x512).
+PREFETCH_BYTES = 256 * 2**20
+# The table that lists each split's photos (source_listing): only those are cropped.
+SOURCE_TABLES = {"train": "train.csv", "eval": "info.csv"}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 Box = tuple[float, float, float, float]
@@ -277,14 +299,11 @@ def read_overrides(path: Path) -> dict[str, dict[str, Box]]:
 
 # --------------------------------------------------------------------------- image I/O
 def load_upright(path: Path) -> np.ndarray:
-    """HxWx3 uint8 RGB with the EXIF orientation applied (the frame the manifest's boxes are in)."""
-    with Image.open(path) as im:
-        im.load()  # decode now, so a truncated file fails here and not later
-        if im.getexif().get(0x0112, 1) != 1:
-            im = ImageOps.exif_transpose(im)
-        if im.mode != "RGB":
-            im = im.convert("RGB")
-        return np.asarray(im)
+    """HxWx3 uint8 RGB with the EXIF orientation applied (the frame the manifest's boxes are in).
+
+    utils.open_rgb, as the training data is read: 16-bit PNGs are scaled, not clipped to white.
+    """
+    return np.asarray(open_rgb(path))
 
 
 def save_crop(image: np.ndarray, crop: CropBox, dst: Path, size: tuple[int, int] | None) -> None:
@@ -331,6 +350,111 @@ class FaceDetector:
         ]
 
 
+class DetectorLoader:
+    """A FaceDetector built in a background thread from the first ``start()`` (or ``get()``).
+
+    Importing torch and facenet-pytorch (which pulls in torchvision and torch._dynamo) is 4-5 s on these
+    2 cores, most of a 700-photo run's startup: meanwhile the splits are listed, the manifests read and
+    the first photos decoded. ``get()`` waits for the detector and raises what building it raised (e.g.
+    ``--device cuda`` without a GPU); ``log`` gets one line describing it the first time.
+    """
+
+    def __init__(self, min_face_size: float = DEFAULT_MIN_FACE_SIZE, device: str = "auto", log=None):
+        self.min_face_size, self.device, self.log = min_face_size, device, log
+        self._future: Future | None = None
+
+    @classmethod
+    def of(cls, detector: FaceDetector | DetectorLoader) -> DetectorLoader:
+        """``detector`` as a loader; a FaceDetector already built gives a loader that is ready."""
+        if isinstance(detector, DetectorLoader):
+            return detector
+        loader = cls(detector.min_face_size, str(detector.device))
+        loader._future = Future()
+        loader._future.set_result(detector)
+        return loader
+
+    def start(self) -> None:
+        if self._future is None:
+            # What this thread imports while the loader runs is imported first: two threads importing torch's
+            # modules at once can meet half-initialised ones (ImportError "partially initialized module").
+            import dataset  # noqa: F401  (source_listing's)
+
+            self._future = Future()
+            threading.Thread(target=self._build, name="detector-loader", daemon=True).start()
+
+    def _build(self) -> None:
+        try:
+            detector = FaceDetector(self.min_face_size, resolve_device(self.device))
+        except BaseException as e:  # handed to get(), in the thread that can report it
+            self._future.set_exception(e)
+        else:
+            self._future.set_result(detector)
+
+    def ready(self) -> bool:
+        return self._future is not None and self._future.done()
+
+    def get(self) -> FaceDetector:
+        self.start()
+        detector = self._future.result()
+        if self.log is not None:
+            self.log(
+                f"MTCNN on {detector.device}, min face size {detector.min_face_size:.1f} px "
+                f"(--min-face-size {self.min_face_size:g})"
+            )
+            self.log = None
+        return detector
+
+
+class _Detections:
+    """Batches of decoded photos on their way through MTCNN, handed to ``on_done(batch, faces)`` in order.
+
+    While the detector is still loading, batches wait here (up to PREFETCH_BYTES of decoded photos), so
+    the first decodes overlap the imports; then ``streams`` batches are detected at once (on CPU with the
+    torch threads split among them) and one more waits, which keeps the streams fed.
+    """
+
+    def __init__(self, loader: DetectorLoader, streams: int, stack: contextlib.ExitStack, on_done: Callable):
+        self.loader, self.streams, self.stack, self.on_done = loader, streams, stack, on_done
+        self.queue: deque = deque()  # (batch, future of its detection; None while the detector loads)
+        self.held_bytes = 0
+        self.pool: ThreadPoolExecutor | None = None
+        self.detector: FaceDetector | None = None
+
+    def add(self, batch: list[tuple[_Item, np.ndarray]]) -> None:
+        if self.pool is None:
+            self.queue.append((batch, None))
+            self.held_bytes += sum(image.nbytes for _, image in batch)
+            if self.held_bytes < PREFETCH_BYTES and not self.loader.ready():
+                return
+            self._start()
+        else:
+            self.queue.append((batch, self._submit(batch)))
+        while len(self.queue) > self.streams:
+            self._finish_oldest()
+
+    def finish(self) -> None:
+        if self.pool is None and self.queue:
+            self._start()
+        while self.queue:
+            self._finish_oldest()
+
+    def _start(self) -> None:
+        self.detector = self.loader.get()
+        # Tiny MTCNN convolutions scale badly over intra-op threads (and stall whenever a shared machine
+        # preempts one of them): on CPU, one thread per stream.
+        cpu = self.detector.device.type == "cpu"
+        self.stack.enter_context(torch_threads(max(1, _cpu_threads() // self.streams) if cpu else None))
+        self.pool = self.stack.enter_context(ThreadPoolExecutor(self.streams))
+        self.queue = deque((batch, self._submit(batch)) for batch, _ in self.queue)
+
+    def _submit(self, batch) -> Future:
+        return self.pool.submit(self.detector.detect, [image for _, image in batch])
+
+    def _finish_oldest(self) -> None:
+        batch, fut = self.queue.popleft()
+        self.on_done(batch, fut.result())
+
+
 # --------------------------------------------------------------------------- pipeline
 @dataclass
 class SplitResult:
@@ -338,6 +462,7 @@ class SplitResult:
     processed: int = 0
     skipped: int = 0
     removed: int = 0
+    left_out: list[str] = field(default_factory=list)  # image files under images/ the source table does not list
     fallback_sources: Counter = field(default_factory=Counter)
     errors: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
@@ -441,9 +566,26 @@ def torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
+def source_listing(split_dir: Path) -> list[str]:
+    """The photos to crop, relative to ``<split>/images``, sorted: the person folders of train.csv and their
+    7 images (train), the ImageIDs of info.csv (eval), checked as training and inference check them.
+
+    Only these are cropped, so nothing else under images/ (a stray copy, a run's PNGs saved there by
+    mistake) is ever taken for a photo.
+    """
+    import dataset  # here, not at the top: --help answers without it
+
+    split, data_dir = split_dir.name, split_dir.parent
+    if split == "train":
+        return sorted(r.rel for r in dataset.build_image_table(data_dir, "images", label_fixes=None, log=None))
+    if split == "eval":
+        return sorted({image_id for image_id, _ in dataset.read_eval_table(data_dir, "images")})
+    raise UserError(f"unknown split {split!r}; crop_faces.py crops {' and '.join(SOURCE_TABLES)} (see --splits)")
+
+
 def crop_split(
     split_dir: Path,
-    detector: FaceDetector,
+    detector: FaceDetector | DetectorLoader,
     *,
     margin: Box = DEFAULT_MARGIN,
     batch_size: int = 8,
@@ -454,57 +596,39 @@ def crop_split(
     size: tuple[int, int] | None = None,
     progress: bool = True,
 ) -> SplitResult:
-    """Crop ``split_dir/images`` into ``split_dir/crops`` and write ``split_dir/crops_manifest.csv``."""
+    """Crop the photos of ``source_listing(split_dir)`` into ``split_dir/crops`` and write
+    ``split_dir/crops_manifest.csv``; a DetectorLoader is started only if a photo needs detecting."""
     start = time.perf_counter()
     images_dir, crops_dir = split_dir / "images", split_dir / "crops"
     manifest_path, partial_path = split_dir / MANIFEST_NAME, split_dir / PARTIAL_NAME
     overrides = overrides or {}
-    rels = list_images(images_dir)
+    rels = source_listing(split_dir)
     unknown = sorted(set(overrides) - set(rels))
     if unknown:
         raise UserError(
-            f"--overrides names {len(unknown)} image(s) not in {images_dir} (e.g. {unknown[0]}); "
-            "paths are relative to <split>/images"
+            f"--overrides names {len(unknown)} image(s) that {split_dir / SOURCE_TABLES[split_dir.name]} does not "
+            f"list (e.g. {unknown[0]}); paths are relative to <split>/images"
         )
     manifest_rows = read_manifest(manifest_path)
     previous = {**manifest_rows, **read_manifest(partial_path)}  # a killed run's rows are the newer ones
-
-    items = [_Item(rel, images_dir / rel, crops_dir / rel, overrides.get(rel)) for rel in rels]
     rows: dict[str, Row] = {}
     todo = []
-    for item in items:
-        if not force and _is_current(item, previous.get(item.rel)):
-            rows[item.rel] = previous[item.rel]
+    for rel in rels:
+        item = _Item(rel, images_dir / rel, crops_dir / rel, overrides.get(rel))
+        if not force and _is_current(item, previous.get(rel)):
+            rows[rel] = previous[rel]
         else:
             todo.append(item)
-    result = SplitResult(rows=rows, skipped=len(rows), processed=len(todo))
-    result.removed = _clean_crops_dir(crops_dir, set(rels))
-    if not todo:
+    left_out = sorted(set(list_images(images_dir)) - set(rels))
+    result = SplitResult(rows=rows, skipped=len(rows), processed=len(todo), left_out=left_out)
+    run = _Run(split_dir, rows, result, set(rels), margin, size, progress)
+    if todo:
+        run.crop(todo, DetectorLoader.of(detector), batch_size, workers, detect_streams)
+    else:
+        result.removed = _clean_crops_dir(crops_dir, set(rels))
         if not manifest_path.is_file() or manifest_rows != rows:  # e.g. photos deleted, or a run killed at the end
             write_manifest(manifest_path, rows)
         partial_path.unlink(missing_ok=True)
-        result.seconds = time.perf_counter() - start
-        return result
-
-    # From here the crop tree is in flux: only the partial manifest describes it.
-    write_manifest(partial_path, rows)
-    manifest_path.unlink(missing_ok=True)
-    run = _Run(rows, result, partial_path, margin, size, progress, split_dir.name)
-    # Tiny MTCNN convolutions scale badly over intra-op threads (and stall whenever a shared machine
-    # preempts one of them): on CPU, detect ``detect_streams`` batches at once, one thread each.
-    threads = max(1, _cpu_threads() // detect_streams) if detector.device.type == "cpu" else None
-    try:
-        executor = ThreadPoolExecutor(workers) if workers > 0 else _Inline()
-        with executor as run.pool, ThreadPoolExecutor(detect_streams) as detect_pool, torch_threads(threads):
-            window = (detect_streams + 1) * batch_size + 2 * max(workers, 1)
-            run.detection_pass(todo, detector, detect_pool, batch_size, detect_streams, window)
-            if run.no_face:
-                run.fallback_pass(window)
-    except BaseException:
-        run.save_progress()  # Ctrl-C or a failed write: keep what is finished for the rerun
-        raise
-    write_manifest(manifest_path, rows)
-    partial_path.unlink(missing_ok=True)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -516,13 +640,45 @@ class _Run:
     CHECKPOINT_SECONDS (and on interruption) never lists a crop that is not there.
     """
 
-    def __init__(self, rows, result: SplitResult, partial_path: Path, margin: Box, size, progress: bool, name: str):
-        self.rows, self.result, self.partial_path = rows, result, partial_path
-        self.margin, self.size, self.progress, self.name = margin, size, progress, name
+    def __init__(self, split_dir: Path, rows, result: SplitResult, expected: set[str], margin: Box, size, progress):
+        self.split_dir, self.rows, self.result, self.expected = split_dir, rows, result, expected
+        self.partial_path = split_dir / PARTIAL_NAME
+        self.margin, self.size, self.progress, self.name = margin, size, progress, split_dir.name
         self.pool = None
+        self.bar = None
+        self.writing = False
         self.pending_saves: list[tuple[Row, Future]] = []
         self.no_face: list[tuple[_Item, int, int]] = []
         self.last_checkpoint = time.monotonic()
+
+    def crop(self, todo: list[_Item], loader: DetectorLoader, batch_size: int, workers: int, streams: int) -> None:
+        """Crop ``todo``, then write the manifest; on any failure or Ctrl-C keep the finished work listed."""
+        if any(item.override is None for item in todo):
+            loader.start()  # the imports run while the first photos decode
+        window = (streams + 1) * batch_size + 2 * max(workers, 1)
+        try:
+            with contextlib.ExitStack() as stack:
+                self.pool = stack.enter_context(ThreadPoolExecutor(workers) if workers > 0 else _Inline())
+                self.detection_pass(todo, _Detections(loader, streams, stack, self.take_faces), batch_size, window)
+                if self.no_face:
+                    self.fallback_pass(window)
+            self.begin_writes()  # every photo unreadable: still clean up and replace the manifest
+        except BaseException:
+            if self.writing:
+                self.save_progress()  # keep what is finished for the rerun
+            raise
+        write_manifest(self.split_dir / MANIFEST_NAME, self.rows)
+        self.partial_path.unlink(missing_ok=True)
+
+    def begin_writes(self) -> None:
+        """Before the first change to crops/: delete stale files and let the partial manifest describe the
+        tree until the split completes (the final manifest goes meanwhile). Later calls do nothing."""
+        if self.writing:
+            return
+        self.writing = True
+        self.result.removed = _clean_crops_dir(self.split_dir / "crops", self.expected)
+        write_manifest(self.partial_path, self.rows)
+        (self.split_dir / MANIFEST_NAME).unlink(missing_ok=True)
 
     def harvest(self, wait: bool) -> None:
         still = []
@@ -533,7 +689,7 @@ class _Run:
             else:
                 still.append((row, fut))
         self.pending_saves = still
-        if time.monotonic() - self.last_checkpoint > CHECKPOINT_SECONDS:
+        if self.writing and time.monotonic() - self.last_checkpoint > CHECKPOINT_SECONDS:
             write_manifest(self.partial_path, self.rows)
             self.last_checkpoint = time.monotonic()
 
@@ -546,7 +702,7 @@ class _Run:
 
     def record_error(self, item: _Item, exc: BaseException) -> None:
         self.rows[item.rel] = Row(item.rel, "error")
-        self.result.errors.append((item.rel, str(exc) or type(exc).__name__))
+        self.result.errors.append((item.rel, getattr(exc, "reason", None) or str(exc) or type(exc).__name__))
 
     def crop_and_save(self, item: _Item, image: np.ndarray, method: str, box: Box, prob: float | None) -> None:
         height, width = image.shape[:2]
@@ -555,57 +711,50 @@ class _Run:
         except ValueError as e:  # an override box off the image
             self.record_error(item, e)
             return
+        self.begin_writes()
         row = Row(item.rel, method, prob, tuple(float(v) for v in box), crop)
         self.pending_saves.append((row, self.pool.submit(save_crop, image, crop, item.dst, self.size)))
 
-    def detection_pass(self, todo: list[_Item], detector, detect_pool, batch_size: int, streams: int, window: int):
-        """Decode (prefetched), batch same-size photos for ``streams`` concurrent detections, crop the faces."""
-        in_flight: deque = deque()
-        bar = tqdm(total=len(todo), desc=f"{self.name} detect", unit="img", disable=not self.progress)
-
-        def finish_oldest() -> None:
-            batch, fut = in_flight.popleft()
-            for (item, image), faces in zip(batch, fut.result()):
-                height, width = image.shape[:2]
-                if faces is None:
-                    self.no_face.append((item, width, height))
-                    continue
-                boxes, probs = faces
-                i = select_face(boxes, probs, width, height)
-                self.crop_and_save(item, image, "mtcnn", tuple(boxes[i]), float(probs[i]))
-            bar.update(len(batch))
-            self.harvest(wait=False)
-
-        def submit(batch: list[tuple[_Item, np.ndarray]]) -> None:
-            in_flight.append((batch, detect_pool.submit(detector.detect, [image for _, image in batch])))
-            if len(in_flight) > streams:  # one batch queued beyond the busy streams keeps them fed
-                finish_oldest()
-
+    def detection_pass(self, todo: list[_Item], detections: _Detections, batch_size: int, window: int) -> None:
+        """Decode (prefetched), batch same-size photos for detection, crop the faces (in take_faces)."""
+        self.bar = tqdm(total=len(todo), desc=f"{self.name} detect", unit="img", disable=not self.progress)
         groups: dict[tuple[int, ...], list] = {}
         for item, fut in _prefetch(self.pool, load_upright, todo, window):
             try:
                 image = fut.result()
             except Exception as e:  # any unreadable file: record it and keep going
                 self.record_error(item, e)
-                bar.update()
+                self.bar.update()
                 continue
             if item.override is not None:
                 self.crop_and_save(item, image, "override", item.override, None)
-                bar.update()
+                self.bar.update()
                 continue
             # MTCNN batches need one image size; rotated or odd-sized photos wait in their own group.
             group = groups.setdefault(image.shape, [])
             group.append((item, image))
             if len(group) >= batch_size:
-                submit(group)
+                detections.add(group)
                 groups[image.shape] = []
         for group in groups.values():
             if group:
-                submit(group)
-        while in_flight:
-            finish_oldest()
-        bar.close()
+                detections.add(group)
+        detections.finish()
+        self.bar.close()
         self.harvest(wait=True)
+
+    def take_faces(self, batch: list[tuple[_Item, np.ndarray]], faces: list) -> None:
+        """Crop each photo of a detected batch to its subject's face; photos without one wait for fallback_pass."""
+        for (item, image), found in zip(batch, faces):
+            height, width = image.shape[:2]
+            if found is None:
+                self.no_face.append((item, width, height))
+                continue
+            boxes, probs = found
+            i = select_face(boxes, probs, width, height)
+            self.crop_and_save(item, image, "mtcnn", tuple(boxes[i]), float(probs[i]))
+        self.bar.update(len(batch))
+        self.harvest(wait=False)
 
     def fallback_pass(self, window: int) -> None:
         """Crop the photos without a face once every detection of the split is known (decoding them again)."""
@@ -667,6 +816,11 @@ def summary_line(split: str, result: SplitResult) -> str:
     )
     if result.removed:
         line += f"; removed {result.removed} stale crop/temp file(s)"
+    if result.left_out:
+        line += (
+            f"; left out {len(result.left_out)} file(s) under images/ that {SOURCE_TABLES.get(split, 'the table')} "
+            f"does not list (e.g. {result.left_out[0]})"
+        )
     return line
 
 
@@ -684,7 +838,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="folder holding train/ and eval/")
-    parser.add_argument("--splits", nargs="+", default=["train", "eval"], help="split folders to crop")
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        default=list(SOURCE_TABLES),
+        choices=list(SOURCE_TABLES),
+        help="splits to crop: the photos train/train.csv and eval/info.csv list",
+    )
     parser.add_argument(
         "--margin",
         type=float,
@@ -713,7 +873,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(args: argparse.Namespace) -> int:
+def check_args(args: argparse.Namespace) -> Box:
+    """The margin; one UserError for any argument out of range or a data dir without the splits' images."""
     margin = parse_margin(args.margin)
     if args.batch_size < 1 or args.detect_streams < 1 or args.workers < 0:
         raise UserError("--batch-size and --detect-streams must be >= 1, --workers >= 0")
@@ -731,22 +892,27 @@ def main(args: argparse.Namespace) -> int:
             raise UserError(
                 f"{data_dir / split / 'images'} not found; check --data-dir, or list the splits you have with --splits"
             )
+    return margin
+
+
+def main(args: argparse.Namespace) -> int:
+    margin = check_args(args)
+    data_dir = Path(args.data_dir)
     overrides = read_overrides(args.overrides) if args.overrides else {}
-    unknown = sorted(split for split in overrides if not (data_dir / split / "images").is_dir())
+    unknown = sorted(split for split in overrides if split not in SOURCE_TABLES)
     if unknown:
         raise UserError(
-            f"{args.overrides} names split(s) {', '.join(unknown)} that {data_dir} lacks; fix its split column"
+            f"{args.overrides} names split(s) {', '.join(unknown)}; the splits are {' and '.join(SOURCE_TABLES)}: "
+            "fix its split column"
         )
-    device = resolve_device(args.device)
-    detector = FaceDetector(args.min_face_size, device)
-    print(f"MTCNN on {device}, min face size {detector.min_face_size:.1f} px (--min-face-size {args.min_face_size:g})")
-
+    loader = DetectorLoader(args.min_face_size, args.device, log=print)
+    loader.start()  # torch and MTCNN load while the splits are listed and the first photos decoded
     errors = []
     for split in args.splits:
         split_dir = data_dir / split
         result = crop_split(
             split_dir,
-            detector,
+            loader,
             margin=margin,
             batch_size=args.batch_size,
             workers=args.workers,
@@ -760,12 +926,17 @@ def main(args: argparse.Namespace) -> int:
             print(f"preview: {write_preview(split_dir, result.rows, args.preview)}")
         errors += [(f"{split}/images/{rel}", message) for rel, message in result.errors]
     if errors:
-        print(f"error: {len(errors)} image(s) could not be cropped (method 'error' in the manifest):", file=sys.stderr)
-        for path, message in errors:
-            print(f"  {path}: {message}", file=sys.stderr)
-        return 1
+        listed = "\n".join(f"  {path}: {message}" for path, message in errors)
+        raise UserError(
+            f"{len(errors)} image(s) could not be cropped (method 'error' in the manifest; every other crop is "
+            f"written):\n{listed}\nfix: replace unreadable files with intact copies of the originals (or fix the "
+            "--overrides boxes named above), then rerun the same command: finished crops are kept"
+        )
     return 0
 
 
 if __name__ == "__main__":
-    run_main(lambda: main(get_args_parser().parse_args()))
+    try:
+        run_main(lambda: main(get_args_parser().parse_args()))
+    except SystemExit as done:
+        exit_without_teardown(done.code)  # every file is written and closed: skip torch's 1-1.5 s teardown

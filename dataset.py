@@ -22,7 +22,6 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -606,7 +605,6 @@ def read_eval_table(data_dir: str | os.PathLike, image_dir: str = "auto") -> lis
 # --------------------------------------------------------------------------- images
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_ROTATING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 def _size(size) -> tuple[int, int]:
@@ -617,33 +615,14 @@ def _size(size) -> tuple[int, int]:
 
 
 def load_image(path: str | os.PathLike, target_size: tuple[int, int] | None = None) -> torch.Tensor:
-    """A uint8 CHW RGB tensor: EXIF orientation applied, grayscale/RGBA/palette converted to RGB.
+    """A uint8 CHW RGB tensor of ``utils.open_rgb`` (EXIF orientation applied, grayscale/RGBA/palette/16-bit
+    converted to RGB; shared with crop_faces.py).
 
     ``target_size`` (H, W) is the size the caller will resize to: a JPEG at least 4x larger is then
     decoded at a reduced DCT scale (PIL draft), still at least 2x the target so the antialiased
     resize that follows keeps its quality. Unreadable files raise UserError naming the path.
     """
-    try:
-        with Image.open(path) as img:
-            if target_size is not None and img.format == "JPEG":
-                h, w = _size(target_size)
-                if img.getexif().get(0x0112, 1) in _ROTATING_ORIENTATIONS:
-                    h, w = w, h  # draft works on the stored pixels, before the rotation
-                img.draft(img.mode, (2 * w, 2 * h))
-            img.load()
-            ImageOps.exif_transpose(img, in_place=True)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                # 16-bit grayscale (PNG): convert("RGB") would clip it to white; scale 0..65535 to 0..255.
-                arr = np.asarray(img, dtype=np.float64) / 257.0
-                img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
-            if img.mode != "RGB":
-                img = img.convert("RGB")
-            return TF.pil_to_tensor(img)
-    except FileNotFoundError:
-        raise UserError(f"cannot read image {path}: file not found; check --data-dir") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        reason = "empty file" if os.path.exists(path) and os.path.getsize(path) == 0 else str(e) or type(e).__name__
-        raise UserError(f"cannot read image {path}: {reason}; replace it with an intact copy of the original") from None
+    return TF.pil_to_tensor(utils.open_rgb(path, None if target_size is None else _size(target_size)))
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

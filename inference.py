@@ -23,26 +23,29 @@ import pickle
 import sys
 import time
 import warnings
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import dataset
-import model as models
 from ensemble import class_distribution, format_class_distribution, format_metrics, ids_sha1, metrics_of, read_answers
 from utils import (
     UserError,
     atomic_save_npy,
     atomic_write_csv,
     atomic_write_json,
+    read_csv_table,
     resolve_device,
     run_main,
     unsafe_pickle_global,
 )
+
+if TYPE_CHECKING:  # torch and the model registry (timm) are imported where used: --help answers without them
+    import torch
 
 CHECKPOINT_FORMAT = "maskcls-checkpoint"
 REQUIRED_META = ("model", "head", "image_size", "mean", "std", "classes")
@@ -56,6 +59,8 @@ class CorruptCheckpointError(UserError):
 
 def load_checkpoint(path: Path) -> dict:
     """Load a train.py checkpoint with ``weights_only=True`` (tensors and plain data only) and check its meta."""
+    import torch
+
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; train the run first or pass --checkpoint PATH")
     try:
@@ -116,6 +121,10 @@ def resolve_checkpoint(run: Path, choice: str) -> tuple[Path, dict]:
 
 
 def build_model(ckpt: dict, path: Path, device: torch.device) -> torch.nn.Module:
+    import torch
+
+    import model as models
+
     meta = ckpt["meta"]
     net = models.create_model(meta["model"], head=meta["head"], pretrained=False)
     state = ckpt["model_state"]
@@ -147,6 +156,8 @@ def fuse_conv_bn(net: torch.nn.Module) -> torch.nn.Module:
 def resolve_amp(choice: str, device: torch.device) -> bool:
     """Whether to run under bf16 autocast: ``auto`` = where the hardware computes bf16 natively (CUDA with
     bf16 support; CPUs with AVX512-BF16 or AMX), since elsewhere bf16 is emulated and slower than fp32."""
+    import torch
+
     if choice in ("bf16", "off"):
         return choice == "bf16"
     if device.type == "cuda":
@@ -157,14 +168,15 @@ def resolve_amp(choice: str, device: torch.device) -> bool:
 
 
 # --------------------------------------------------------------------------- data
-class GuardedDataset(Dataset):
-    """EvalDataset that reports a failed image instead of raising inside a DataLoader worker.
+class GuardedDataset:
+    """EvalDataset that reports a failed image instead of raising inside a DataLoader worker (a map-style
+    dataset for DataLoader: ``__len__`` and ``__getitem__``).
 
     A worker exception would surface as a multi-line worker traceback and abort the pass at the first bad
     file; returning a placeholder plus the error lets the main process list *every* unreadable image at once.
     """
 
-    def __init__(self, base: Dataset, shape: tuple[int, int, int]):
+    def __init__(self, base: dataset.EvalDataset, shape: tuple[int, int, int]):
         self.base, self.shape = base, shape
 
     def __len__(self) -> int:
@@ -175,6 +187,8 @@ class GuardedDataset(Dataset):
             image, _ = self.base[index]
             return image, index, ""
         except Exception as e:  # any decode/transform failure of one file must not lose the other rows
+            import torch
+
             return torch.zeros(self.shape), index, _reason(e, self.base.paths[index])
 
 
@@ -209,6 +223,8 @@ def _decoded_chunks(data: GuardedDataset, batch_size: int, threads: int, max_chu
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    import torch
+
     batch_bytes = batch_size * 4 * int(np.prod(data.shape))
     chunk = batch_size * max(1, min(4, max_chunk_bytes // max(batch_bytes, 1)))
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -219,7 +235,6 @@ def _decoded_chunks(data: GuardedDataset, batch_size: int, threads: int, max_chu
                 yield torch.stack(images), torch.tensor(index), list(errors)
 
 
-@torch.inference_mode()
 def predict(
     net: torch.nn.Module,
     head: str,
@@ -239,6 +254,11 @@ def predict(
     ``workers``: DataLoader worker processes on a GPU; on the CPU, the threads that decode between model calls.
     ``decode``: ``auto`` (that choice), ``workers`` or ``between`` to force one way.
     """
+    import torch
+    from torch.utils.data import DataLoader
+
+    import model as models
+
     data = GuardedDataset(dataset.EvalDataset(paths, size, dataset.eval_transform(size, mean, std)), (3, *size))
     if decode == "between" or (decode == "auto" and device.type == "cpu"):
         batches = _decoded_chunks(data, batch_size, workers)
@@ -249,7 +269,8 @@ def predict(
     seen = np.zeros(len(paths), dtype=bool)
     failed: dict[int, str] = {}
     start = time.perf_counter()
-    with tqdm(total=len(paths), unit="img", desc="predict", dynamic_ncols=True) as bar, _worker_crash_as_user_error():
+    bar = tqdm(total=len(paths), unit="img", desc="predict", dynamic_ncols=True)
+    with bar, _worker_crash_as_user_error(), torch.inference_mode():
         for images, index, errors in batches:
             images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -334,6 +355,67 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_unique_ids(ids: list[str], data_dir: Path) -> None:
+    """One UserError naming each ImageID eval/info.csv lists more than once, with its line numbers: the
+    submission needs one row per image, and a repeated row would be written twice without a word."""
+    repeated = {image_id for image_id, n in Counter(ids).items() if n > 1}
+    if not repeated:
+        return
+    csv_path = data_dir / "eval" / "info.csv"
+    _, rows = read_csv_table(csv_path, ("ImageID",), "the eval image list / submission template")
+    lines: dict[str, list[int]] = {}
+    for lineno, row, _ in rows:
+        if row["ImageID"] in repeated:
+            lines.setdefault(row["ImageID"], []).append(lineno)
+    listed = "; ".join(f"{i} on lines {', '.join(map(str, n))}" for i, n in sorted(lines.items())[:MAX_LISTED])
+    more = f" and {len(lines) - MAX_LISTED} more" if len(lines) > MAX_LISTED else ""
+    raise UserError(
+        f"{csv_path} lists {len(lines)} ImageID(s) more than once ({listed}{more}); keep one row per image "
+        "(or restore the original info.csv)"
+    )
+
+
+def load_eval_set(data_arg: str | None, image_dir_arg: str, answers: str | None, meta: dict):
+    """(data dir, image dir, ImageIDs, paths, answers or None) of the eval set, every check done before the
+    long part: the run's own --data-dir unless given, the checkpoint's image dir for ``auto``."""
+    # The eval set sits beside the training data in the competition layout, so the run knows where it is.
+    data_dir = Path(data_arg or meta.get("args", {}).get("data_dir") or "data")
+    if data_arg is None:
+        print(f"data: {data_dir} (the run's --data-dir; pass --data-dir to predict another folder)")
+    image_dir = choose_image_dir(data_dir, image_dir_arg, meta)
+    table = dataset.read_eval_table(data_dir, image_dir)
+    ids, paths = [t[0] for t in table], [Path(t[1]) for t in table]
+    check_unique_ids(ids, data_dir)
+    y_true = read_answers(answers, ids) if answers else None
+    return data_dir, image_dir, ids, paths, y_true
+
+
+def settle_unreadable(probs: np.ndarray, failed: dict[int, str], ids, paths, allow: bool) -> tuple[np.ndarray, list]:
+    """Stop on unreadable images (one line listing them) or, with ``allow``, fill their rows; (probs, the list)."""
+    unreadable = [{"ImageID": ids[i], "path": str(paths[i]), "error": failed[i]} for i in sorted(failed)]
+    if not unreadable:
+        return probs, unreadable
+    if not allow:
+        listed = ", ".join(f"{u['path']} ({u['error']})" for u in unreadable[:MAX_LISTED])
+        more = f" and {len(unreadable) - MAX_LISTED} more" if len(unreadable) > MAX_LISTED else ""
+        raise UserError(
+            f"{len(unreadable)} unreadable eval image(s): {listed}{more}; replace them, or pass "
+            "--allow-unreadable to predict those rows from the mean of the others"
+        )
+    for u in unreadable:
+        print(f"warning: unreadable {u['path']} ({u['error']}); predicted from the mean of the other rows")
+    return fill_unreadable(probs, failed), unreadable
+
+
+def write_outputs(run: Path, ids: list[str], probs: np.ndarray, labels: np.ndarray, eval_meta: dict) -> None:
+    # eval_meta.json goes first and comes back last: it is the fingerprint ensemble.py trusts, so an interrupted
+    # rewrite leaves outputs that ensemble.py refuses instead of an old fingerprint beside new probabilities.
+    (run / "eval_meta.json").unlink(missing_ok=True)
+    atomic_save_npy(run / "eval_probs.npy", probs.astype(np.float32))
+    atomic_write_csv(run / "submission.csv", ["ImageID", "ans"], zip(ids, labels.tolist()))
+    atomic_write_json(run / "eval_meta.json", eval_meta)
+
+
 def main(args: argparse.Namespace) -> dict:
     run = Path(args.run)
     if not run.is_dir():
@@ -344,14 +426,7 @@ def main(args: argparse.Namespace) -> dict:
     amp = resolve_amp(args.amp, device)
     ckpt_path, ckpt = resolve_checkpoint(run, args.checkpoint)
     meta = ckpt["meta"]
-    # The eval set sits beside the training data in the competition layout, so the run knows where it is.
-    data_dir = Path(args.data_dir or meta.get("args", {}).get("data_dir") or "data")
-    if args.data_dir is None:
-        print(f"data: {data_dir} (the run's --data-dir; pass --data-dir to predict another folder)")
-    image_dir = choose_image_dir(data_dir, args.image_dir, meta)
-    table = dataset.read_eval_table(data_dir, image_dir)
-    ids, paths = [t[0] for t in table], [Path(t[1]) for t in table]
-    y_true = read_answers(args.answers, ids) if args.answers else None  # fail before the long part
+    data_dir, image_dir, ids, paths, y_true = load_eval_set(args.data_dir, args.image_dir, args.answers, meta)
 
     net = build_model(ckpt, ckpt_path, device)
     size = (int(meta["image_size"][0]), int(meta["image_size"][1]))
@@ -361,58 +436,24 @@ def main(args: argparse.Namespace) -> dict:
         f"{len(ids)} eval images from {used_dir}/, tta {args.tta}, device {device}{' (bf16)' if amp else ''}"
     )
     probs, failed, speed = predict(
-        net,
-        meta["head"],
-        paths,
-        size,
-        meta["mean"],
-        meta["std"],
-        device,
-        args.tta,
-        args.batch_size,
-        args.workers,
+        net, meta["head"], paths, size, meta["mean"], meta["std"], device, args.tta, args.batch_size, args.workers,
         amp,
-    )
-    unreadable = [{"ImageID": ids[i], "path": str(paths[i]), "error": failed[i]} for i in sorted(failed)]
-    if unreadable:
-        if not args.allow_unreadable:
-            listed = ", ".join(f"{u['path']} ({u['error']})" for u in unreadable[:MAX_LISTED])
-            more = f" and {len(unreadable) - MAX_LISTED} more" if len(unreadable) > MAX_LISTED else ""
-            raise UserError(
-                f"{len(unreadable)} unreadable eval image(s): {listed}{more}; replace them, or pass "
-                "--allow-unreadable to predict those rows from the mean of the others"
-            )
-        for u in unreadable:
-            print(f"warning: unreadable {u['path']} ({u['error']}); predicted from the mean of the other rows")
-        probs = fill_unreadable(probs, failed)
+    )  # fmt: skip
+    probs, unreadable = settle_unreadable(probs, failed, ids, paths, args.allow_unreadable)
     labels = probs.argmax(axis=1)
-
     eval_meta = {
-        "checkpoint": str(ckpt_path),
-        "model": meta["model"],
-        "head": meta["head"],
-        "image_size": list(size),
-        "tta": args.tta,
-        "amp": "bf16" if amp else "off",
-        "image_dir": used_dir,
-        "n": len(ids),
-        "ids_sha1": ids_sha1(ids),
-        "images_per_s": round(speed, 2),
-        "unreadable": unreadable,
+        "checkpoint": str(ckpt_path), "model": meta["model"], "head": meta["head"], "image_size": list(size),
+        "tta": args.tta, "amp": "bf16" if amp else "off", "image_dir": used_dir, "n": len(ids),
+        "ids_sha1": ids_sha1(ids), "images_per_s": round(speed, 2), "unreadable": unreadable,
         "unreadable_fallback": "mean probabilities of the readable rows" if unreadable else None,
         "time": datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
+    }  # fmt: skip
     print("predicted class distribution:")
     print(format_class_distribution(class_distribution(labels)))
     if y_true is not None:
         eval_meta["metrics"] = metrics_of(y_true, labels)
         print(f"eval vs {args.answers}: {format_metrics(eval_meta['metrics'])}")
-    # eval_meta.json goes first and comes back last: it is the fingerprint ensemble.py trusts, so an interrupted
-    # rewrite leaves outputs that ensemble.py refuses instead of an old fingerprint beside new probabilities.
-    (run / "eval_meta.json").unlink(missing_ok=True)
-    atomic_save_npy(run / "eval_probs.npy", probs.astype(np.float32))
-    atomic_write_csv(run / "submission.csv", ["ImageID", "ans"], zip(ids, labels.tolist()))
-    atomic_write_json(run / "eval_meta.json", eval_meta)
+    write_outputs(run, ids, probs, labels, eval_meta)
     print(f"{speed:.1f} images/s; wrote {run / 'submission.csv'}, eval_probs.npy, eval_meta.json")
     return eval_meta
 

@@ -257,10 +257,10 @@ def make_crops(data_dir: Path, method: str, progress: bool = True) -> dict[str, 
         if method == "center":
             overrides = {}
             fx1, fy1, fx2, fy2 = crop_faces.CENTRAL_FACE
-            for rel in crop_faces.list_images(split_dir / "images"):
+            for rel in crop_faces.source_listing(split_dir):
                 with Image.open(split_dir / "images" / rel) as img:
                     w, h = img.size
-                    if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # stored sideways: boxes are upright
+                    if img.getexif().get(0x0112, 1) in utils.ROTATING_ORIENTATIONS:  # stored sideways; boxes upright
                         w, h = h, w
                 overrides[rel] = (fx1 * w, fy1 * h, fx2 * w, fy2 * h)
         result = crop_faces.crop_split(split_dir, detector, overrides=overrides, workers=2, progress=progress)

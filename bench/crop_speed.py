@@ -1,20 +1,31 @@
 """Benchmark crop_faces.py against the naive MTCNN loop on the same photos, in one run.
 
-    python bench/crop_speed.py --photos 64 --repeats 3 [--levers] [--synthetic 10]
+    python bench/crop_speed.py --photos 64 --repeats 3 --whole 700 --whole-repeats 3 [--levers] [--synthetic 10]
 
 The photos are real faces: matplotlib's sample ``grace_hopper.jpg`` pasted, scaled to 150-250 px
 face widths, at varied positions onto varied 384x512 backgrounds (``compose_face_photo``, shared with
-tests/test_crop_faces.py). The baseline is the loop anyone would write first: ``MTCNN()`` with default
-parameters, ``detect`` on one PIL image at a time, crop, save (JPEG q95). Both run on the same cores,
-alternating, ``--repeats`` times; medians are reported, plus the mean IoU of crop_faces' boxes
-against the baseline's (same detector, so the agreement figure is about the speed-ups only).
+tests/test_crop_faces.py). The baseline is the loop anyone would write first (bench/naive_crop.py):
+``MTCNN()`` with default parameters, ``detect`` on one PIL image at a time, crop, save (JPEG q95).
+Two figures, each alternating the two ways on the same cores and reporting medians, plus the mean IoU of
+crop_faces' boxes against the baseline's (same detector, so the agreement is about the speed-ups only):
+
+- ``crop_faces`` (steady state): both in this process, model built and imports done, ``--repeats`` runs on
+  ``--photos`` photos. This rate rules a run on the real data's 31,500 photos.
+- ``crop_whole_process``: ``python crop_faces.py`` and ``python bench/naive_crop.py`` as whole processes,
+  timed from start to exit as a shell times them (imports, model load, every photo, teardown), on
+  ``--whole`` photos, ``--whole-repeats`` runs. Each run's own photo loop is timed too (crop_faces.py's
+  summary line, naive_crop.py's result file): the rest is its startup and exit, and startup + 31,500
+  photos at that run's rate is the projected time on the real data (printed, medians of the runs).
+
 ``--levers`` times each speed-up on its own (detection only, photos already decoded) and profiles
-the baseline; ``--synthetic N`` repeats the comparison on synthetic_data.py photos of N persons.
+the baseline; ``--synthetic N`` repeats the steady-state comparison on synthetic_data.py photos of N
+persons. Results go to ``--out``/crop_speed.json; the photos to ``--out``/crop_speed/.
 
 On a machine other jobs are using, the baseline's two torch threads wait on each other at every one
 of its thousands of tiny ops and it slows down far more than crop_faces (whose detection streams run
 one thread each): the load average is printed, and ``--baseline-threads 1`` gives the conservative
-ratio against the baseline's best setting on a busy machine.
+ratio against the baseline's best setting on a busy machine (in the whole-process runs too, as
+OMP_NUM_THREADS=1).
 """
 
 from __future__ import annotations
@@ -23,10 +34,13 @@ import argparse
 import cProfile
 import functools
 import io
+import json
 import os
 import pstats
+import re
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,11 +52,15 @@ from PIL import Image, ImageDraw, ImageFilter
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import common  # noqa: E402  (bench/, the script's own folder, is on sys.path)
+import naive_crop  # noqa: E402
 
 import crop_faces  # noqa: E402
+import utils  # noqa: E402
 from utils import run_main  # noqa: E402
 
+NAME = "crop_speed"
 PHOTO_SIZE = (384, 512)
+REAL_PHOTOS = 31_500  # the competition's train (2,700 persons x 7) and eval (12,600) photos
 # MTCNN's box on the untouched grace_hopper.jpg (512x600), used to place the face and as the
 # ground truth of where it ends up after scaling and pasting.
 GRACE_FACE = (174.4, 119.6, 355.6, 340.5)
@@ -110,30 +128,17 @@ def random_face_photos(n: int, seed: int = 0) -> list[tuple[Image.Image, tuple]]
 
 
 # --------------------------------------------------------------------------- the two contenders
-def naive_loop(files: list[Path], out_dir: Path, margin, threads: int | None = None) -> tuple[list, float]:
-    """The baseline: default MTCNN, one PIL image per ``detect``, crop, save. Returns (boxes, seconds).
-
-    ``threads`` (torch intra-op threads for the loop) defaults to torch's own choice, one per core.
+def naive_loop(files: list[Path], out_dir: Path, threads: int | None = None) -> tuple[list, float]:
+    """The baseline in this process (naive_crop.crop_all: default MTCNN, one PIL image per ``detect``, crop,
+    save); (boxes, seconds). ``threads`` (torch intra-op threads) defaults to torch's own choice, one per core.
     """
     from facenet_pytorch import MTCNN
 
     with crop_faces.torch_threads(threads):
-        return _naive_loop(MTCNN(), files, out_dir, margin)
-
-
-def _naive_loop(mtcnn, files: list[Path], out_dir: Path, margin) -> tuple[list, float]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    boxes = []
-    start = time.perf_counter()
-    for path in files:
-        img = Image.open(path).convert("RGB")
-        found, _ = mtcnn.detect(img)
-        box = tuple(found[0]) if found is not None else None  # default MTCNN sorts the largest first
-        region = box or (0.25 * img.width, 0.2 * img.height, 0.75 * img.width, 0.65 * img.height)
-        crop = crop_faces.crop_region(region, margin, img.width, img.height)
-        img.crop(crop).save(out_dir / path.name, quality=95)
-        boxes.append(box)
-    return boxes, time.perf_counter() - start
+        mtcnn = MTCNN()
+        start = time.perf_counter()
+        boxes = naive_crop.crop_all(mtcnn, files, out_dir)
+        return boxes, time.perf_counter() - start
 
 
 def project_pipeline(split_dir: Path, detector, batch_size: int, workers: int, streams: int) -> tuple[dict, float]:
@@ -145,6 +150,7 @@ def project_pipeline(split_dir: Path, detector, batch_size: int, workers: int, s
 
 
 def write_photos(split_dir: Path, photos) -> list[Path]:
+    """``photos`` as ``<split_dir>/images/0000.jpg...`` (q95) listed in ``<split_dir>/info.csv`` (eval layout)."""
     images = split_dir / "images"
     if split_dir.exists():
         shutil.rmtree(split_dir)
@@ -153,18 +159,53 @@ def write_photos(split_dir: Path, photos) -> list[Path]:
     for i, (photo, _) in enumerate(photos):
         files.append(images / f"{i:04d}.jpg")
         photo.save(files[-1], quality=95)
+    utils.atomic_write_csv(split_dir / "info.csv", ["ImageID", "ans"], [[f.name, 0] for f in files])
     return files
 
 
+def cached_photos(split_dir: Path, n: int, seed: int) -> list[Path]:
+    """write_photos of ``random_face_photos(n, seed)``, kept from an earlier run with the same n and seed."""
+    marker = split_dir / "photos.json"
+    if marker.is_file() and json.loads(marker.read_text()) == {"n": n, "seed": seed}:
+        return sorted((split_dir / "images").glob("*.jpg"))
+    files = write_photos(split_dir, random_face_photos(n, seed))
+    utils.atomic_write_json(marker, {"n": n, "seed": seed})
+    return files
+
+
+def agreement(base_boxes: list, rows: dict, names: list[str]) -> dict:
+    """Mean/min IoU of the project's boxes against the baseline's over the photos both found a face in."""
+    pairs = [(b, rows[name]) for name, b in zip(names, base_boxes)]
+    both = [crop_faces.box_iou(b, row.box) for b, row in pairs if b is not None and row.method == "mtcnn"]
+    return {
+        "mean_iou": float(np.mean(both)) if both else float("nan"),
+        "min_iou": min(both, default=float("nan")),
+        "both_found": len(both),
+        "baseline_found": sum(b is not None for b, _ in pairs),
+        "project_found": sum(row.method == "mtcnn" for _, row in pairs),
+        "baseline_only": [b for b, row in pairs if b is not None and row.method != "mtcnn"],
+    }
+
+
+def print_agreement(name: str, agree: dict, n: int, min_face_size: float) -> None:
+    print(
+        f"  {name} agreement: mean IoU {agree['mean_iou']:.3f} (min {agree['min_iou']:.3f}) over "
+        f"{agree['both_found']} photos both detected; faces found: baseline {agree['baseline_found']}/{n}, "
+        f"project {agree['project_found']}/{n}"
+    )
+    if agree["baseline_only"]:
+        small = sum(b[2] - b[0] < min_face_size for b in agree["baseline_only"])
+        print(f"  {name}: of the {len(agree['baseline_only'])} baseline-only boxes, {small} are below the minimum face")
+
+
 def compare(name: str, split_dir: Path, files: list[Path], args, detector) -> dict:
-    """Alternate baseline and project ``repeats`` times on ``files``; print and return the medians."""
-    margin = crop_faces.DEFAULT_MARGIN
+    """Steady state: both in this process (model built, imports done), alternating ``repeats`` times on ``files``."""
     base_rates, proj_rates, ratios = [], [], []
     for r in range(args.repeats):
         order = ("base", "proj") if r % 2 == 0 else ("proj", "base")
         for who in order:
             if who == "base":
-                base_boxes, seconds = naive_loop(files, split_dir / "naive", margin, args.baseline_threads)
+                base_boxes, seconds = naive_loop(files, split_dir / "naive", args.baseline_threads)
                 base_rates.append(len(files) / seconds)
             else:
                 rows, seconds = project_pipeline(
@@ -173,25 +214,90 @@ def compare(name: str, split_dir: Path, files: list[Path], args, detector) -> di
                 proj_rates.append(len(files) / seconds)
         ratios.append(proj_rates[-1] / base_rates[-1])
         print(f"  {name} run {r + 1}: project {proj_rates[-1]:.1f} img/s, baseline {base_rates[-1]:.1f} img/s")
-    pairs = [(b, rows[f.relative_to(split_dir / "images").as_posix()]) for f, b in zip(files, base_boxes)]
-    both = [crop_faces.box_iou(b, row.box) for b, row in pairs if b is not None and row.method == "mtcnn"]
-    base_found = sum(b is not None for b, _ in pairs)
-    proj_found = sum(row.method == "mtcnn" for _, row in pairs)
     proj, base = statistics.median(proj_rates), statistics.median(base_rates)
-    print(
-        f"bench crop_faces: project {proj:.1f} img/s, baseline {base:.1f} img/s, ratio {proj / base:.2f} "
-        f"({name}, {len(files)} photos, median of {args.repeats}; per-run ratio median {statistics.median(ratios):.2f})"
+    fig = common.figure(
+        "crop_faces",
+        proj,
+        base,
+        f"steady state, {name}, {len(files)} photos, median of {args.repeats}; per-run ratio median "
+        f"{statistics.median(ratios):.2f}, range {min(ratios):.2f}-{max(ratios):.2f}",
     )
-    mean_iou = float(np.mean(both)) if both else float("nan")
-    print(
-        f"  {name} agreement: mean IoU {mean_iou:.3f} (min {min(both, default=float('nan')):.3f}) over {len(both)} "
-        f"photos both detected; faces found: baseline {base_found}/{len(files)}, project {proj_found}/{len(files)}"
+    names = [f.relative_to(split_dir / "images").as_posix() for f in files]
+    agree = agreement(base_boxes, rows, names)
+    print_agreement(name, agree, len(files), detector.min_face_size)
+    return {**fig, "agreement": agree, "runs": {"project": proj_rates, "baseline": base_rates}}
+
+
+# --------------------------------------------------------------------------- whole processes
+def timed_process(cmd: list[str], env: dict, outputs: list[Path], timeout: float | None = None) -> tuple[float, str]:
+    """Seconds ``cmd`` takes from start to exit, as a shell times it (after removing ``outputs``); its stdout."""
+    for path in outputs:
+        if path.is_dir():
+            shutil.rmtree(path)
+        path.unlink(missing_ok=True)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:2])} failed with exit code {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return seconds, proc.stdout
+
+
+SPLIT_TIME = re.compile(r"in ([\d.]+)s \(")  # crop_faces.py's summary line: "...; processed 700, ... in 4.2s ("
+
+
+def whole_process(args) -> dict:
+    """crop_faces.py and naive_crop.py as whole processes (interpreter start, imports, model load, every photo,
+    exit) on the same ``--whole`` photos, alternating ``--whole-repeats`` times; each crop_faces.py run is a
+    first run (no crops or manifest yet). Each run's photo loop is timed by the run itself: the rest is its
+    startup and exit, and projects a run on the real data's 31,500 photos."""
+    root = args.out / NAME / "whole"
+    split_dir = root / "eval"
+    files = cached_photos(split_dir, args.whole, args.seed + 1)
+    n = len(files)
+    naive_out, result_json = root / "naive", root / "naive_result.json"
+    project = [sys.executable, str(common.REPO / "crop_faces.py"), "--data-dir", str(root), "--splits", "eval"]
+    naive = [sys.executable, str(Path(naive_crop.__file__)), str(split_dir / "images"), str(naive_out)]
+    outputs = [split_dir / "crops", split_dir / crop_faces.MANIFEST_NAME, split_dir / crop_faces.PARTIAL_NAME]
+
+    def run_project() -> dict:
+        seconds, out = timed_process(project, common.clean_env(), outputs)
+        summary = out.strip().splitlines()[-1]
+        return {"seconds": seconds, "loop_seconds": float(SPLIT_TIME.search(summary).group(1)), "summary": summary}
+
+    def run_naive() -> dict:
+        env = common.clean_env(args.baseline_threads)
+        seconds, _ = timed_process([*naive, "--boxes", str(result_json)], env, [naive_out, result_json])
+        return {"seconds": seconds, "loop_seconds": json.loads(result_json.read_text())["loop_seconds"]}
+
+    runs = common.alternate({"project": run_project, "baseline": run_naive}, args.whole_repeats)
+    seconds = {who: [r["seconds"] for r in rs] for who, rs in runs.items()}
+    ratios = [b / p for p, b in zip(seconds["project"], seconds["baseline"])]
+    for r, (p, b) in enumerate(zip(seconds["project"], seconds["baseline"])):
+        print(f"  whole process run {r + 1}: project {p:.2f} s, baseline {b:.2f} s")
+    med = {who: statistics.median(s) for who, s in seconds.items()}
+    fig = common.figure(
+        "crop_whole_process",
+        n / med["project"],
+        n / med["baseline"],
+        f"{n} photos, whole processes timed from start to exit, median of {args.whole_repeats}; per-run ratio "
+        f"median {statistics.median(ratios):.2f}, range {min(ratios):.2f}-{max(ratios):.2f}",
     )
-    only_base = [b for b, row in pairs if b is not None and row.method != "mtcnn"]
-    if only_base:
-        small = sum(b[2] - b[0] < detector.min_face_size for b in only_base)
-        print(f"  {name}: of the {len(only_base)} baseline-only boxes, {small} are narrower than the minimum face size")
-    return {"project": proj, "baseline": base, "ratio": proj / base, "iou": mean_iou}
+    base_boxes = json.loads(result_json.read_text())["boxes"]
+    rows = crop_faces.read_manifest(split_dir / crop_faces.MANIFEST_NAME)
+    agree = agreement([base_boxes[f.name] for f in files], rows, [f.name for f in files])
+    print_agreement("whole process", agree, n, crop_faces.snap_min_face_size(crop_faces.DEFAULT_MIN_FACE_SIZE))
+    startup = {who: statistics.median(r["seconds"] - r["loop_seconds"] for r in rs) for who, rs in runs.items()}
+    rate = {who: statistics.median(n / r["loop_seconds"] for r in rs) for who, rs in runs.items()}
+    projected = {who: startup[who] + REAL_PHOTOS / rate[who] for who in runs}
+    print(
+        f"  startup and exit: project {startup['project']:.1f} s, baseline {startup['baseline']:.1f} s; photo loops "
+        f"{rate['project']:.1f} vs {rate['baseline']:.1f} img/s; projected for the real data's {REAL_PHOTOS:,} "
+        f"photos: project {projected['project'] / 60:.1f} min, baseline {projected['baseline'] / 60:.1f} min, ratio "
+        f"{projected['baseline'] / projected['project']:.2f}"
+    )
+    return {**fig, "agreement": agree, "runs": runs, "startup_s": startup, "loop_rate": rate,
+            "projected_real_s": projected}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- levers
@@ -329,8 +435,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument("--photos", type=int, default=64, help="grace_hopper photos to compose")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each contender")
+    parser.add_argument("--photos", type=int, default=64, help="grace_hopper photos of the steady-state figure")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating steady-state runs of each contender")
+    parser.add_argument("--whole", type=int, default=700, help="photos of the whole-process figure (0: skip it)")
+    parser.add_argument("--whole-repeats", type=int, default=3, help="alternating whole-process runs of each")
     parser.add_argument("--batch-size", type=int, default=8, help="crop_faces --batch-size")
     parser.add_argument("--workers", type=int, default=2, help="crop_faces --workers")
     parser.add_argument("--detect-streams", type=int, default=2, help="crop_faces --detect-streams")
@@ -344,34 +452,42 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--synthetic", type=int, default=0, metavar="N", help="also bench synthetic_data.py photos of N persons"
     )
-    parser.add_argument(
-        "--out", type=Path, default=Path(__file__).resolve().parent / "out" / "crop_speed", help="scratch folder"
-    )
+    parser.add_argument("--out", type=Path, default=common.OUT, help="results (crop_speed.json) and scratch folder")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 4 photos, 1 repeat (no usable timings)")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    common.announce_machine()
+    if args.quick:
+        args.photos, args.repeats, args.whole, args.whole_repeats = 4, 1, min(args.whole, 4), 1
+    if min(args.photos, args.repeats, args.whole_repeats) < 1 or args.whole < 0:
+        raise utils.UserError("--photos, --repeats and --whole-repeats must be >= 1, --whole >= 0")
+    info = common.announce_machine()
     detector = crop_faces.FaceDetector(crop_faces.DEFAULT_MIN_FACE_SIZE, "cpu")
-    grace_dir = args.out / "grace" / "eval"
+    grace_dir = args.out / NAME / "grace" / "eval"
     grace_files = write_photos(grace_dir, random_face_photos(args.photos, args.seed))
-    compare("grace_hopper", grace_dir, grace_files, args, detector)
+    figures = [compare("grace_hopper", grace_dir, grace_files, args, detector)]
+    if args.whole:
+        figures.append(whole_process(args))
     if args.synthetic:
         try:
             from synthetic_data import generate
         except ImportError:
             print("synthetic_data.generate not available; skipping --synthetic")
         else:
-            root = args.out / "synthetic"
+            root = args.out / NAME / "synthetic"
             shutil.rmtree(root, ignore_errors=True)
             generate(root, train_persons=args.synthetic, eval_persons=1, seed=args.seed)
             split_dir = root / "train"
-            files = [split_dir / "images" / rel for rel in crop_faces.list_images(split_dir / "images")]
+            files = [split_dir / "images" / rel for rel in crop_faces.source_listing(split_dir)]
             compare("synthetic", split_dir, files, args, detector)
     if args.levers:
         levers(grace_dir, grace_files, args.repeats, args.batch_size)
-    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(f"load average at the end {info['load_average_end']}")
+    args_json = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    common.write_results(args.out, NAME, {"machine": info, "args": args_json, "figures": figures})
     return 0
 
 

@@ -1,22 +1,27 @@
-"""python bench/loader_speed.py --repeats 3 --workers 2 --batch-size 32 --epochs 4 [--profile] [--quick]
+"""python bench/loader_speed.py --repeats 5 --workers 2 --batch-size 32 --steady-seconds 2 [--profile] [--quick]
 
 Input pipeline: images/s the training loader delivers, project vs the boostcamp baseline, same output
-size (--resize H W, train.py's default 128x96), batch size and number of workers.
+size (--resize H W, train.py's default 128x96) and batch size.
 
-- project: train.build_loaders (the loader train.py uses: SeededSampler/SeededBatches over
-  dataset.TrainDataset) on the face crops, with dataset.ImageCache (uint8, filled once); workers ship
-  uint8 batches and train.AugmentedLoader runs dataset.Augment (flip, colour jitter, affine, normalise)
-  on each whole batch in the consuming process, as in training, so its cost is inside the figure.
+- project: what ``train.py --cache`` runs: train.build_loaders (SeededSampler/SeededBatches over
+  dataset.TrainDataset) on the face crops with dataset.ImageCache (uint8, filled once) and no worker
+  processes (train.py starts none with --cache: a batch is one index_select from shared memory), then
+  train.AugmentedLoader runs dataset.Augment (flip, colour jitter, affine, normalise) on each whole batch,
+  as in training, so its cost is inside the figure.
 - baseline: PIL.Image.open(full 384x512 photo).convert("RGB") -> transforms.Resize(size, BILINEAR)
-  -> ToTensor() -> Normalize(mean, std) in a plain Dataset, shuffled DataLoader, drop_last; it gets
-  persistent workers too, so the steady-state ratio is about the data path only.
+  -> ToTensor() -> Normalize(mean, std) in a plain Dataset, shuffled DataLoader with --workers
+  persistent workers, drop_last.
 
-Each repeat builds fresh loaders and runs --epochs epochs: "first epoch" is building the loader
-(the project's cache fill included) plus epoch 1; "steady state" is epochs 2+. The project's loader
-does more work than the baseline's (random flip, colour jitter and affine per image); the lever lines,
-timed in the same alternating rounds, show what each piece costs: augmentation off (the baseline's
-work), no affine, per-image torchvision v2 augmentation (the project's previous way), cache off, full
-photos, workers 0, and the baseline pipeline on crops.
+Each repeat builds fresh loaders: "first epoch" is building the loader (the project's cache fill
+included) plus epoch 1; "steady state" is the epochs after it, run until they took --steady-seconds
+(and the run has --epochs epochs), so the fast project loader is timed over as many seconds as the
+baseline and not over a few hundredths of one. The repeats interleave every contender (the one going
+first rotates), so load from other processes hits them alike; the headline ratio is the median of the
+per-round ratios, printed with its range and each side's rates. The project's loader does more work than
+the baseline's (random flip, colour jitter and affine per image); the lever lines, timed in the same
+rounds, show what each piece costs: --workers worker processes on the cache (the headline before this
+round), augmentation off (the baseline's work), no affine, per-image torchvision v2 augmentation (the
+project's previous way), cache off, full photos, and the baseline pipeline on crops.
 --profile writes a per-stage and cProfile breakdown of one sample of each pipeline (1 thread, as in
 a worker) to bench/out/loader_speed_profile.txt.
 """
@@ -98,13 +103,19 @@ def project_loader(
     return loader
 
 
-def run_epochs(make_loader, epochs: int) -> dict:
-    """Build a loader and iterate it ``epochs`` times; first epoch (with the build) and the rest timed apart."""
+MAX_EPOCHS = 2000
+
+
+def run_epochs(make_loader, epochs: int, steady_seconds: float = 0.0) -> dict:
+    """Build a loader and iterate it: epoch 1 (with the build) and the rest timed apart; at least ``epochs``
+    epochs, and more until the steady-state ones (2+) took ``steady_seconds``."""
     start = time.perf_counter()
     loader = make_loader()
     build_s = time.perf_counter() - start
     counts, seconds, shape = [], [], None
-    for epoch in range(1, epochs + 1):
+    epoch = 0
+    while epoch < MAX_EPOCHS and (epoch < epochs or sum(seconds[1:]) < steady_seconds):
+        epoch += 1
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         t0, n = time.perf_counter(), 0
@@ -121,6 +132,7 @@ def run_epochs(make_loader, epochs: int) -> dict:
         "first_rate": counts[0] / (build_s + seconds[0]),
         "steady_rate": steady_n / steady_s if steady_s > 0 else float("nan"),
         "epoch_rates": [n / s for n, s in zip(counts, seconds)],
+        "steady_s": steady_s,
         "images_per_epoch": counts[0],
         "batch": shape,
     }
@@ -253,20 +265,68 @@ def profile(project_records, photo_records, size, mean, std, n: int, batch_size:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--resize", type=int, nargs=2, default=[128, 96], metavar=("H", "W"), help="output size")
-    parser.add_argument("--epochs", type=int, default=4, help="epochs per repeat: 1 first + steady-state epochs")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per repeat at least: 1 first + steady-state")
+    parser.add_argument(
+        "--steady-seconds", type=float, default=2.0, help="each loader's steady-state epochs take at least this long"
+    )
     parser.add_argument("--no-levers", dest="levers", action="store_false", help="skip the lever lines")
-    common.add_common_args(parser)
+    common.add_common_args(parser, repeats=5)
     return parser
+
+
+TRAIN_PY_CACHE_WORKERS = 0  # train.py --cache starts no DataLoader workers (see its --workers help)
+
+
+def spread(values) -> str:
+    return f"{min(values):.1f}-{max(values):.1f}"
+
+
+def contenders_of(args, crops, photos, size, mean, std, pin) -> dict:
+    """name -> a timed run (run_epochs) of each loader: the two contenders, then the levers."""
+    bs, w = args.batch_size, args.workers
+
+    def timed(make):
+        return lambda: run_epochs(make, args.epochs, args.steady_seconds)
+
+    def loader(records=crops, workers=TRAIN_PY_CACHE_WORKERS, cache=True, augment=None):
+        return timed(
+            functools.partial(project_loader, records, size, mean, std, bs, workers, pin, cache, args.seed, augment)
+        )
+
+    out = {
+        "project": loader(),
+        "baseline": timed(lambda: baseline_loader(photos, size, mean, std, bs, w, pin)),
+    }
+    if args.levers:
+        no_affine = {"degrees": 0, "translate": 0, "scale": 0}
+        out.update(
+            {
+                f"project, cached, {w} workers (the headline before this round)": loader(workers=w),
+                "project, augmentation off (resize + normalise: the baseline's work)": loader(
+                    augment={"hflip": 0, "jitter": 0, **no_affine}
+                ),
+                "project without the affine (flip + jitter only)": loader(augment=no_affine),
+                f"project with per-image torchvision v2 augmentation in {w} workers (the previous way)": timed(
+                    lambda: per_image_loader(crops, size, mean, std, bs, w, pin, args.seed)
+                ),
+                f"project, cache off (crops decoded every epoch by {w} workers)": loader(workers=w, cache=False),
+                "project on full photos, cached": loader(records=photos),
+                "baseline on crops (PIL + v1)": timed(lambda: baseline_loader(crops, size, mean, std, bs, w, pin)),
+            }
+        )
+    return out
 
 
 def main(args: argparse.Namespace) -> int:
     from utils import resolve_device
 
     common.check_common_args(args)
-    if args.epochs < 2:
-        raise UserError("--epochs must be >= 2 (epoch 1 is reported apart from the steady state)")
+    if args.epochs < 2 or args.steady_seconds < 0:
+        raise UserError(
+            "--epochs must be >= 2 (epoch 1 is reported apart from the steady state); --steady-seconds >= 0"
+        )
     if args.quick:
-        args.repeats, args.epochs = 1, 2
+        args.repeats, args.epochs, args.steady_seconds = 1, 2, 0.0
     device = resolve_device(args.device)
     info = common.announce_machine(device)
     size = common.parse_size(args.resize, (128, 96))
@@ -274,40 +334,12 @@ def main(args: argparse.Namespace) -> int:
     data_dir = common.bench_data(args.out, args.train_persons, args.eval_persons, args.seed, args.crops)
     crops = dataset.build_image_table(data_dir, "crops", log=None)
     photos = dataset.build_image_table(data_dir, "images", log=None)
-    pin = device.type == "cuda"
-    bs, w = args.batch_size, args.workers
     print(
         f"data: {data_dir} ({len(photos)} train photos 384x512 and their crops), output {size[0]}x{size[1]}, "
-        f"batch {bs}, workers {w}, {args.epochs} epochs x {args.repeats} repeats"
+        f"batch {args.batch_size}, baseline workers {args.workers}, >= {args.steady_seconds:g} s of steady-state "
+        f"epochs per loader x {args.repeats} interleaved repeats"
     )
-
-    def loader(records=crops, workers=w, cache=True, augment=None):
-        make = functools.partial(project_loader, records, size, mean, std, bs, workers, pin, cache, args.seed, augment)
-        return lambda: run_epochs(make, args.epochs)
-
-    contenders = {
-        "project": loader(),
-        "baseline": lambda: run_epochs(lambda: baseline_loader(photos, size, mean, std, bs, w, pin), args.epochs),
-    }
-    if args.levers:
-        no_affine = {"degrees": 0, "translate": 0, "scale": 0}
-        contenders.update(
-            {
-                "project, augmentation off (resize + normalise: the baseline's work)": loader(
-                    augment={"hflip": 0, "jitter": 0, **no_affine}
-                ),
-                "project without the affine (flip + jitter only)": loader(augment=no_affine),
-                "project with per-image torchvision v2 augmentation (the previous way)": lambda: run_epochs(
-                    lambda: per_image_loader(crops, size, mean, std, bs, w, pin, args.seed), args.epochs
-                ),
-                "project, cache off (crops decoded every epoch)": loader(cache=False),
-                "project on full photos, cached": loader(records=photos),
-                "project, cached, workers 0 (what train.py --cache runs)": loader(workers=0),
-                "baseline on crops (PIL + v1)": lambda: run_epochs(
-                    lambda: baseline_loader(crops, size, mean, std, bs, w, pin), args.epochs
-                ),
-            }
-        )
+    contenders = contenders_of(args, crops, photos, size, mean, std, device.type == "cuda")
     # Levers run in the same rounds as the two contenders, so load drifts hit every ratio alike.
     runs = common.alternate(contenders, args.repeats)
     shapes = {name: r[0]["batch"] for name, r in runs.items()}
@@ -317,13 +349,17 @@ def main(args: argparse.Namespace) -> int:
         name: {k: common.median([r[k] for r in rs]) for k in ("steady_rate", "first_rate", "build_s")}
         for name, rs in runs.items()
     }
+    steady = {name: [r["steady_rate"] for r in rs] for name, rs in runs.items()}
+    ratios = [p / b for p, b in zip(steady["project"], steady["baseline"])]
     figures = [
         common.figure(
             "loader",
             med["project"]["steady_rate"],
             med["baseline"]["steady_rate"],
-            f"steady state, epochs 2-{args.epochs}, {w} workers, batch {shapes['project'][0]}, "
-            f"median of {args.repeats}",
+            f"steady state, train.py --cache (no workers) vs baseline {args.workers} workers, batch "
+            f"{shapes['project'][0]}, median of {args.repeats} interleaved rounds; per-round ratio median "
+            f"{common.median(ratios):.2f}, range {spread(ratios)}; project {spread(steady['project'])}, "
+            f"baseline {spread(steady['baseline'])} img/s",
         ),
         common.figure(
             "loader_first_epoch",
@@ -332,13 +368,14 @@ def main(args: argparse.Namespace) -> int:
             f"loader build + epoch 1; project cache fill {med['project']['build_s']:.2f}s of it",
         ),
     ]
+    figures[0]["round_ratios"] = ratios
     levers = [
         common.lever(
             name,
             m["steady_rate"],
             med["baseline"]["steady_rate"],
             "baseline",
-            f"first epoch {m['first_rate']:.1f} img/s",
+            f"range {spread(steady[name])}; first epoch {m['first_rate']:.1f} img/s",
         )
         for name, m in med.items()
         if name not in ("project", "baseline")
@@ -351,7 +388,8 @@ def main(args: argparse.Namespace) -> int:
         "levers": levers,
         "runs": runs,
     }
-    text = profile(crops, photos, size, mean, std, n=20 if args.quick else 256, batch_size=bs) if args.profile else None
+    n = 20 if args.quick else 256
+    text = profile(crops, photos, size, mean, std, n=n, batch_size=args.batch_size) if args.profile else None
     common.write_results(args.out, NAME, payload, text)
     return 0
 

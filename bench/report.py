@@ -18,7 +18,7 @@ import common  # noqa: E402
 
 from utils import run_main  # noqa: E402
 
-NAMES = ("loader_speed", "train_speed", "infer_speed", "memory", "scaling")
+NAMES = ("crop_speed", "loader_speed", "train_speed", "infer_speed", "memory", "scaling")
 
 
 def _rate(x: float) -> str:

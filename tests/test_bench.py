@@ -7,7 +7,9 @@ centre crops, made once for the module.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -119,4 +121,30 @@ def test_report_renders_results(tmp_path, capsys):
     assert report.main(report.get_args_parser().parse_args(["--out", str(tmp_path)])) == 0
     text = capsys.readouterr().out
     assert "| loader | 300.0 | 100.0 | 3.00 | n |" in text and "| memory | peak 1.20 GiB |" in text
-    assert "no results yet for: train_speed, infer_speed, scaling" in text
+    assert "no results yet for: crop_speed, train_speed, infer_speed, scaling" in text
+
+
+def test_gpu_check_says_in_one_line_that_it_needs_a_gpu(tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU, even where one is lent
+    out = subprocess.run(
+        ["bash", "bench/gpu_check.sh", "--out", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert out.returncode != 0 and out.stdout == ""
+    assert len(out.stderr.strip().splitlines()) == 1 and "needs a CUDA GPU" in out.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_crop_speed_quick(tmp_path, capsys):
+    """Both figures (steady state in this process, whole processes from the shell) and their box agreement."""
+    import crop_speed
+
+    args = crop_speed.get_args_parser().parse_args(["--quick", "--out", str(tmp_path)])
+    assert crop_speed.main(args) == 0
+    lines = bench_lines(capsys.readouterr().out)
+    assert {"crop_faces", "crop_whole_process"} <= set(lines)
+    result = json.loads((tmp_path / "crop_speed.json").read_text())
+    whole = result["figures"][1]
+    assert whole["name"] == "crop_whole_process" and len(whole["runs"]["project"]) == 1
+    assert whole["agreement"]["mean_iou"] > 0.9 and whole["projected_real_s"]["project"] > 0
+    assert "4 mtcnn" in whole["runs"]["project"][0]["summary"]
+    assert 0 < whole["startup_s"]["baseline"] < whole["runs"]["baseline"][0]["seconds"]

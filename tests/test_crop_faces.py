@@ -31,15 +31,22 @@ FACES = {
         f"{P1}/mask1.jpg": None,
         f"{P1}/mask2.jpeg": (190, (170, 260), "stripes"),  # stored rotated, EXIF Orientation=6
         f"{P1}/mask3.JPG": (230, (195, 235), "flat"),
+        f"{P1}/mask4.jpg": None,
+        f"{P1}/mask5.jpg": None,
         f"{P2}/normal.jpg": (160, (210, 270), "gradient"),
         f"{P2}/mask1.jpg": (210, (185, 245), "noise"),  # has an override
+        **{f"{P2}/{stem}.jpg": None for stem in ("mask2", "mask3", "mask4", "mask5", "incorrect_mask")},
     },
     "eval": {
         "face.jpg": (170, (190, 250), "stripes"),
         "noface.jpg": None,
         "broken.jpg": (200, (192, 240), "gradient"),  # truncated below
+        "gray16.png": (200, (192, 240), "gradient"),  # saved as 16-bit grayscale (PNG mode I;16)
     },
 }
+# Image files no source table lists (a run's figure saved into the data folder by mistake, an extra copy):
+# never cropped, counted as left out.
+STRAYS = {"train": f"{P1}/confusion_matrix.png", "eval": "face_copy.jpg"}
 OVERRIDES = [("train", f"{P2}/mask1.jpg", OVERRIDE_BOX)]
 
 
@@ -57,6 +64,8 @@ def _write_photo(path: Path, spec, seed: int) -> tuple | None:
         exif = Image.Exif()
         exif[0x0112] = 6
         photo.transpose(Image.Transpose.ROTATE_90).save(path, quality=95, exif=exif.tobytes())
+    elif path.name == "gray16.png":
+        Image.fromarray(np.asarray(photo.convert("L")).astype(np.uint16) * 257).save(path)
     elif path.suffix.lower() == ".png":
         photo.save(path)
     else:
@@ -107,23 +116,29 @@ def dataset(tmp_path_factory):
             truth[split][rel] = _write_photo(root / split / "images" / rel, spec, seed=i + 10 * len(truth))
     broken = root / "eval" / "images" / "broken.jpg"
     broken.write_bytes(broken.read_bytes()[:3000])
+    for split, rel in STRAYS.items():
+        shutil.copy(root / split / "images" / next(iter(FACES[split])), root / split / "images" / rel)
     for junk in (root / "train" / "images" / P1 / "._normal.jpg", root / "eval" / "images" / "._face.jpg"):
         junk.write_bytes(b"\x00\x05\x16\x07 resource fork")
     (root / "train" / "train.csv").write_text(
         f"id,gender,race,age,path\n000001,female,Asian,45,{P1}\n000002,male,Asian,61,{P2}\n"
     )
-    (root / "eval" / "info.csv").write_text("ImageID,ans\nface.jpg,0\nnoface.jpg,0\nbroken.jpg,0\n")
+    (root / "eval" / "info.csv").write_text("ImageID,ans\n" + "".join(f"{name},0\n" for name in FACES["eval"]))
     overrides = root.parent / "boxes.csv"
     overrides.write_text(
         "split,path,x1,y1,x2,y2\n" + "".join(f"{s},{p},{','.join(map(str, b))}\n" for s, p, b in OVERRIDES)
     )
     before = {split: _tree_hashes(root / split / "images") for split in FACES}
-    code = _run(root, "--overrides", str(overrides), "--preview", "6")
-    return {"root": root, "truth": truth, "before": before, "code": code, "overrides": overrides}
+    with pytest.raises(UserError) as failed:
+        _run(root, "--overrides", str(overrides), "--preview", "6")
+    return {"root": root, "truth": truth, "before": before, "error": str(failed.value), "overrides": overrides}
 
 
-def test_sources_unchanged_and_exit_code(dataset):
-    assert dataset["code"] == 1  # the truncated JPEG
+def test_sources_unchanged_and_unreadable_images_listed(dataset):
+    # The truncated JPEG: exit 2 (a UserError) after every other crop is written, the bad file named.
+    lines = dataset["error"].splitlines()
+    assert lines[0].startswith("1 image(s) could not be cropped") and lines[-1].startswith("fix: replace")
+    assert lines[1].startswith("  eval/images/broken.jpg: ") and "broken.jpg" not in lines[1].split(": ", 1)[1]
     for split in FACES:
         assert _tree_hashes(dataset["root"] / split / "images") == dataset["before"][split]
 
@@ -143,6 +158,31 @@ def test_mirror_tree_and_manifest_complete(dataset):
                 assert im.size == (x2 - x1, y2 - y1)
                 assert 0 <= x1 < x2 <= 384 and 0 <= y1 < y2 <= 512  # upright frame, clipped
         assert not (split_dir / crop_faces.PARTIAL_NAME).exists()
+
+
+def test_only_listed_photos_are_cropped(dataset, tmp_path):
+    for split, stray in STRAYS.items():
+        split_dir = dataset["root"] / split
+        assert stray not in _manifest(split_dir) and not (split_dir / "crops" / stray).exists()
+    split_dir = tmp_path / "eval"
+    shutil.copytree(dataset["root"] / "eval", split_dir)
+    result = crop_faces.crop_split(split_dir, crop_faces.DetectorLoader(device="cpu"), progress=False)
+    assert result.left_out == [STRAYS["eval"]] and result.processed == 1  # only the broken file is retried
+    line = crop_faces.summary_line("eval", result)
+    assert line.endswith(f"left out 1 file(s) under images/ that info.csv does not list (e.g. {STRAYS['eval']})")
+
+
+def test_16_bit_png_is_scaled_not_clipped_to_white(dataset):
+    split_dir = dataset["root"] / "eval"
+    row = _manifest(split_dir)["gray16.png"]
+    with Image.open(split_dir / "images" / "gray16.png") as im:
+        assert im.mode in ("I;16", "I")
+        gray = np.asarray(im, dtype=np.float64) / 257
+    x1, y1, x2, y2 = (int(v) for v in _box(row, "crop_"))
+    with Image.open(split_dir / "crops" / "gray16.png") as im:
+        crop = np.asarray(im.convert("RGB"), dtype=np.float64)
+    assert crop.shape[:2] == (y2 - y1, x2 - x1) and crop.mean() < 200  # convert("RGB") alone: all 255
+    assert np.abs(crop[..., 0] - gray[y1:y2, x1:x2]).max() <= 1
 
 
 def test_crops_contain_the_known_face(dataset):
@@ -180,7 +220,8 @@ def test_fallback_uses_person_then_split_median(dataset):
     # Eval has no person folders: the median of the split's detections and overrides.
     row = eval_["noface.jpg"]
     assert row["method"] == "fallback"
-    assert np.allclose(_box(row), _box(eval_["face.jpg"]), atol=0.02)
+    detected = [_box(r) for r in eval_.values() if r["method"] in ("mtcnn", "override")]
+    assert len(detected) == 2 and np.allclose(_box(row), np.median(detected, axis=0), atol=0.02)
     cx1, cy1, cx2, cy2 = _box(row, "crop_")
     assert cx1 < 192 < cx2 and cy1 < 256 < cy2  # a central region, not the whole photo
     assert 0.2 < (cx2 - cx1) * (cy2 - cy1) / (384 * 512) < 0.95
@@ -210,7 +251,8 @@ def test_rerun_does_nothing_and_force_redoes(dataset, tmp_path):
     args = ("--overrides", str(dataset["overrides"]))
     before = {split: _stats(root / split) for split in FACES}
     eval_manifest = (root / "eval" / crop_faces.MANIFEST_NAME).read_text()
-    assert _run(root, *args) == 1  # the broken file is retried, and still broken
+    with pytest.raises(UserError, match="could not be cropped"):
+        _run(root, *args)  # the broken file is retried, and still broken
     after = {split: _stats(root / split) for split in FACES}
     assert after["train"] == before["train"]  # not one file rewritten, manifest included
     crops = {rel: st for rel, st in after["eval"].items() if rel.startswith("crops/")}
@@ -234,7 +276,8 @@ def test_rerun_does_nothing_and_force_redoes(dataset, tmp_path):
 def test_size_resizes_without_squashing(dataset, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(dataset["root"] / "eval", root / "eval")
-    assert _run(root, "--splits", "eval", "--size", "96", "128", "--force") == 1
+    with pytest.raises(UserError, match="could not be cropped"):
+        _run(root, "--splits", "eval", "--size", "96", "128", "--force")
     for rel, row in _manifest(root / "eval").items():
         if row["method"] == "error":
             continue
@@ -277,6 +320,19 @@ def test_user_errors_are_one_line(tmp_path):
         [sys.executable, "crop_faces.py", "--data-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True
     )
     assert out.returncode == 2 and "eval" in out.stderr and out.stderr.count("\n") == 1
+    (tmp_path / "eval" / "images").mkdir(parents=True)
+    (tmp_path / "eval" / "images" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a whole jpeg")
+    (tmp_path / "eval" / "info.csv").write_text("ImageID,ans\nbroken.jpg,0\n")
+    out = subprocess.run(
+        [sys.executable, "crop_faces.py", "--data-dir", str(tmp_path), "--splits", "eval", "--device", "cpu"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    lines = out.stderr.strip().splitlines()[-3:]  # after the progress bar
+    assert out.returncode == 2 and lines[0].startswith("error: 1 image(s) could not be cropped"), out.stderr
+    assert lines[1].startswith("  eval/images/broken.jpg: ") and lines[2].startswith("fix: ")
+    assert _manifest(tmp_path / "eval")["broken.jpg"]["method"] == "error"  # the run's work is kept
     bad = tmp_path / "boxes.csv"
     bad.write_text("split,path,x1,y1,x2,y2\ntrain,a.jpg,10,10,5,50\n")
     with pytest.raises(UserError, match="line 2"):

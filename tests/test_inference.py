@@ -195,6 +195,38 @@ def test_answers_must_cover_every_row(tiny, tmp_path, capsys):
     assert code == 2 and "no answer for 1 of 16" in err and len(err.strip().splitlines()) == 1
 
 
+def test_duplicated_image_id_is_one_line(tiny, tmp_path, capsys):
+    root, _ = tiny
+    data = tmp_path / "data"
+    (data / "eval").mkdir(parents=True)
+    (data / "eval" / "images").symlink_to(root / "data" / "eval" / "images")
+    lines = (root / "data" / "eval" / "info.csv").read_text().splitlines()
+    (data / "eval" / "info.csv").write_text("\n".join([*lines, lines[2]]) + "\n")  # line 3's id again on line 18
+    make_checkpoint(tmp_path / "run" / "best.pt")
+    code, _, err = infer_cli(tmp_path / "run", data, capsys)
+    image_id = lines[2].split(",")[0]
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{image_id} on lines 3, 18" in err and "keep one row per image" in err
+    assert not (tmp_path / "run" / "submission.csv").exists()
+
+
+def imported_modules(*argv: str) -> tuple[int, set[str]]:
+    """Exit code and the modules ``python -X importtime ARGV`` imported (importtime writes one line per import)."""
+    out = subprocess.run([sys.executable, "-X", "importtime", *argv], cwd=REPO, capture_output=True, text=True)
+    found = re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)$", out.stderr, re.M)
+    return out.returncode, set(found)
+
+
+@pytest.mark.parametrize("script", ["crop_faces.py", "inference.py"])
+def test_help_and_bad_arguments_import_no_torch(script):
+    """--help and a bad argument are answered before anything imports torch."""
+    if script == "inference.py" and "torch" in imported_modules("-c", "import dataset")[1]:
+        pytest.skip("inference.py imports dataset, which still imports torch at import on this branch")
+    for arg, expected in (("--help", 0), ("--no-such-flag", 2)):
+        code, modules = imported_modules(script, arg)
+        assert code == expected and "argparse" in modules and "torch" not in modules, (script, arg)
+
+
 # --------------------------------------------------------------------------- end to end: train.py, 2 folds
 @pytest.fixture(scope="module")
 def cv_runs(tiny):

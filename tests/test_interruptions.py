@@ -99,12 +99,15 @@ def test_crop_faces_killed_midway_then_rerun_completes(tmp_path):
     data = tmp_path / "data"
     images = data / "train" / "images"
     photos = iter(random_face_photos(8 * len(STEMS), seed=3))
-    for person in range(8):
-        folder = images / f"{person + 1:06d}_female_Asian_{20 + 5 * person}"
+    persons = [(f"{person + 1:06d}", 20 + 5 * person) for person in range(8)]
+    for pid, age in persons:
+        folder = images / f"{pid}_female_Asian_{age}"
         folder.mkdir(parents=True)
         for stem in STEMS:
             next(photos)[0].save(folder / f"{stem}.jpg", quality=90)
         (folder / "._mask1.jpg").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    rows = "".join(f"{pid},female,Asian,{age},{pid}_female_Asian_{age}\n" for pid, age in persons)
+    (data / "train" / "train.csv").write_text("id,gender,race,age,path\n" + rows)
     sources = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.jpg") if not p.name.startswith("."))
     before = tree_hashes(images)
     crops = data / "train" / "crops"
@@ -149,6 +152,7 @@ def test_crop_faces_redoes_an_empty_crop_listed_in_the_manifest(tmp_path):
     folder.mkdir(parents=True)
     for stem, (photo, _) in zip(STEMS, random_face_photos(len(STEMS), seed=5)):
         photo.save(folder / f"{stem}.jpg", quality=90)
+    (split / "train.csv").write_text("id,gender,race,age,path\n000001,female,Asian,45,000001_female_Asian_45\n")
     detector = crop_faces.FaceDetector(device="cpu")
     crop_faces.crop_split(split, detector, progress=False)
     lost = split / "crops" / "000001_female_Asian_45" / "normal.jpg"

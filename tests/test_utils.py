@@ -1,4 +1,4 @@
-"""The shared plumbing: the strict registry and atomic writes."""
+"""The shared plumbing: the strict registry, atomic writes, CSV reading and image opening."""
 
 import os
 import stat
@@ -99,3 +99,20 @@ def test_read_csv_table_keeps_line_numbers_and_skips_comments(tmp_path):
         (4, "000001", "female", 3),
         (5, "000002", None, 2),
     ]
+
+
+def test_open_rgb_scales_16_bit_grayscale_and_names_bad_files(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    ramp = np.linspace(0, 65535, 24 * 16).reshape(24, 16).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")  # PNG mode I;16: convert("RGB") alone makes it white
+    rgb = np.asarray(utils.open_rgb(tmp_path / "deep.png"))
+    assert rgb.shape == (24, 16, 3) and rgb.dtype == np.uint8
+    assert np.abs(rgb[..., 0].astype(int) - np.rint(ramp / 257)).max() == 0 and (rgb[..., 0] == rgb[..., 2]).all()
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    for name, reason in (("empty.jpg", "empty file"), ("missing.jpg", "file not found")):
+        with pytest.raises(utils.UserError) as e:
+            utils.open_rgb(tmp_path / name)
+        assert e.value.reason == reason and str(e.value).startswith(f"cannot read image {tmp_path / name}: {reason}")
+    assert type(e.value) is utils.UserError  # DataLoader workers re-raise it by class name: train.py expects this one
