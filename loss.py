@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import dataset
 from model import HEAD_NAMES, HEAD_SIZES, HEADS, NUM_CLASSES
 from registry import Registry
 from utils import UserError
@@ -243,6 +244,17 @@ def build_loss(
     weights = _per_head_weights(class_weight)
     criteria = [create_criterion(name, n, weight=w, **opts) for n, w in zip(HEAD_SIZES, weights)]
     return MultiHeadLoss(criteria, head_weights)
+
+
+def class_weights(labels, head: str):
+    """--class-weights balanced: inverse training frequency, 18 values for "single", (mask, gender, age) for "multi"."""
+    if head == "single":
+        return torch.tensor(dataset.inverse_frequency(labels), dtype=torch.float32)
+    parts = dataset.decode_label(labels)
+    return tuple(
+        torch.tensor(dataset.inverse_frequency(part, n), dtype=torch.float32)
+        for part, n in zip(parts, dataset.HEAD_SIZES)
+    )
 
 
 def _per_head_weights(class_weight) -> tuple:

@@ -79,11 +79,13 @@ import pytest
 import torch
 from helpers import make_tiny_dataset
 
+import checkpoint
 import dataset
 import ensemble
 import inference
 import train
 import utils
+from failures import user_facing_error
 from utils import UserError, run_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -348,7 +350,7 @@ def test_damaged_checkpoint_is_not_called_malicious(tmp_path, capsys):
     garbage.parent.mkdir()
     garbage.write_bytes(b"not a checkpoint at all")  # the weights-only unpickler: "Unsupported operand 110"
     with pytest.raises(UserError, match="truncated or corrupt") as e:
-        train.load_checkpoint(garbage)
+        checkpoint.load_checkpoint(garbage)
     assert "refusing" not in str(e.value)
     with pytest.raises(UserError, match="cannot read checkpoint .*corrupt") as e:
         inference.load_checkpoint(garbage)
@@ -488,11 +490,9 @@ def test_worker_error_unwrapping_keeps_other_errors():
         '  File "x.py", line 1, in f\n    raise UserError(f"cannot read image {p}")\n'
         "utils.UserError: cannot read image /d/a.jpg: empty file; replace it\n"
     )
-    assert (
-        str(train.user_facing_error(wrapped, Path("/nowhere"))) == "cannot read image /d/a.jpg: empty file; replace it"
-    )
+    assert str(user_facing_error(wrapped, Path("/nowhere"))) == "cannot read image /d/a.jpg: empty file; replace it"
     plain = UserError("something else")
-    assert train.user_facing_error(plain, Path("/nowhere")) is plain
+    assert user_facing_error(plain, Path("/nowhere")) is plain
     bug = RuntimeError("mat1 and mat2 shapes cannot be multiplied")  # a bug keeps its traceback
-    assert train.user_facing_error(bug, Path("/nowhere")) is bug
-    assert isinstance(train.user_facing_error(torch.OutOfMemoryError("CUDA out of memory"), Path("/x")), UserError)
+    assert user_facing_error(bug, Path("/nowhere")) is bug
+    assert isinstance(user_facing_error(torch.OutOfMemoryError("CUDA out of memory"), Path("/x")), UserError)

@@ -1,0 +1,60 @@
+"""How a training run that cannot go on ends: summary.json records it, and a failure the user suffers mid-run
+(a GPU or a data loading process dying, a corrupt image read by a worker) becomes one line saying how to continue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import traceback
+from pathlib import Path
+
+import torch
+
+from artifacts import RunSummary, now_iso
+from utils import UserError
+
+
+def resume_hint(run_dir: Path) -> str:
+    """How to continue a stopped run: the --resume command once an epoch has finished."""
+    if (run_dir / "last.pt").is_file():
+        return f"the finished epochs are in {run_dir / 'last.pt'}: continue with python train.py --resume {run_dir}"
+    return "no epoch had finished: start the run again"
+
+
+_WORKER_USER_ERROR = re.compile(r"^(?:[\w.]+\.)?UserError: ", re.MULTILINE)
+_GPU_FAILURE = re.compile(r"CUDA error|CUBLAS_STATUS|CUDNN_STATUS|cuDNN error|NCCL")
+
+
+def user_facing_error(e: BaseException, run_dir: Path) -> BaseException:
+    """The one-line UserError for a failure the user suffers mid-run, else ``e`` itself.
+
+    A UserError raised in a DataLoader worker (a corrupt image) arrives as torch's "Caught UserError in
+    DataLoader worker ... Original Traceback ..." text: keep only its own message, which names the file.
+    A GPU or worker process dying (out of memory, CUDA/NCCL errors of a flaky server) says how to continue.
+    """
+    text = str(e)
+    if isinstance(e, UserError):
+        found = list(_WORKER_USER_ERROR.finditer(text)) if text.startswith("Caught UserError in DataLoader") else []
+        return UserError(text[found[-1].end() :].strip()) if found else e
+    if not isinstance(e, RuntimeError):
+        return e
+    first = (text.strip().splitlines() or [type(e).__name__])[0]
+    resume = resume_hint(run_dir)
+    if isinstance(e, torch.OutOfMemoryError):
+        return UserError(f"the GPU ran out of memory; lower --batch-size or --resize, or add --amp; {resume}")
+    if _GPU_FAILURE.search(text):
+        return UserError(f"the GPU failed ({first}); check it with nvidia-smi, then {resume}")
+    if "DataLoader worker" in text:
+        return UserError(f"a data loading process died ({first}); lower --workers or --batch-size; {resume}")
+    return e
+
+
+def record_failure(e: BaseException, run_dir: Path, writes: bool, summary: RunSummary) -> BaseException:
+    """Mark summary.json "failed" with the error; the one-line form of ``e`` when the user can act on it."""
+    shown = user_facing_error(e, run_dir)
+    if writes:
+        error = "".join(traceback.format_exception_only(type(shown), shown)).strip()
+        with contextlib.suppress(Exception):
+            summary.write(status="failed", end_time=now_iso(), error=error)
+    return shown
