@@ -4,6 +4,7 @@ goes), log.csv (one row per epoch), valid_preds.csv (out-of-fold probabilities) 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 from datetime import datetime
@@ -86,6 +87,37 @@ def fold_state(run_dir: Path) -> str:
     if read_summary(run_dir).get("status") == "finished" and (run_dir / "valid_preds.csv").is_file():
         return "finished"
     return "resumable" if (run_dir / "last.pt").exists() or (run_dir / "best.pt").exists() else "fresh"
+
+
+class Startup:
+    """Where the time before the first training batch went, for the log line and summary.json's "startup".
+
+    ``start``: time.perf_counter() of the process start (or of a later fold's); ``phases`` adds up named
+    stretches (imports, data, cache); the rest is building the model and loaders and fetching the batch.
+    """
+
+    def __init__(self, start: float):
+        self.start = start
+        self.phases: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - began
+
+    def first_batch(self) -> tuple[str, dict]:
+        """(the log line, summary.json's record) at the first training batch."""
+        total = time.perf_counter() - self.start
+        parts = {**self.phases, "model and loaders": max(0.0, total - sum(self.phases.values()))}
+        line = f"first batch after {total:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()) + ")"
+        record = {
+            "first_batch_s": round(total, 3),
+            **{f"{k.replace(' ', '_')}_s": round(v, 3) for k, v in parts.items()},
+        }
+        return line, record
 
 
 # --------------------------------------------------------------------------- per-epoch files

@@ -20,19 +20,25 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from enum import IntEnum
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
 import utils
 from utils import UserError
 
+if TYPE_CHECKING:
+    import torch
+    from torchvision.transforms import v2
+
+# torch and torchvision are imported inside the functions that decode and batch images: the labels, tables
+# and folds (and `python dataset.py --help`) do not wait for them.
+
 # --------------------------------------------------------------------------- labels
 NUM_CLASSES = 18
 HEAD_SIZES = (3, 2, 3)  # mask, gender, age logits of the multi head
+HEAD_NAMES = ("mask", "gender", "age")
 DEFAULT_OLD_THRESHOLD = 60  # the competition's age split; training may use 55-58 (see DATASET.md)
 
 
@@ -661,6 +667,8 @@ def load_image(path: str | os.PathLike, target_size: tuple[int, int] | None = No
     decoded at a reduced DCT scale (PIL draft), still at least 2x the target so the antialiased
     resize that follows keeps its quality. Unreadable files raise UserError naming the path.
     """
+    from torchvision.transforms.v2 import functional as TF
+
     try:
         with Image.open(path) as img:
             if target_size is not None and img.format == "JPEG":
@@ -686,6 +694,8 @@ def load_image(path: str | os.PathLike, target_size: tuple[int, int] | None = No
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The one resize used everywhere (cache, train, eval): bilinear, antialiased, exact (H, W)."""
+    from torchvision.transforms.v2 import functional as TF
+
     return TF.resize(image, list(_size(size)), antialias=True)
 
 
@@ -693,6 +703,9 @@ def eval_transform(
     size: tuple[int, int], mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> v2.Compose:
     """Resize (same antialiased resize as training), scale to float, normalise."""
+    import torch
+    from torchvision.transforms import v2
+
     return v2.Compose(
         [
             v2.Resize(list(_size(size)), antialias=True),
@@ -730,6 +743,7 @@ class ImageCache:
         progress: bool = True,
         log: Callable[[str], None] | None = print,
     ):
+        import torch
         from tqdm import tqdm
 
         self.size = _size(size)
@@ -790,6 +804,8 @@ class ImageCache:
 
     def stack(self, paths: Sequence) -> torch.Tensor | None:
         """The cached images of ``paths`` as one new uint8 (B, 3, H, W) tensor (one gather); None if any is missing."""
+        import torch
+
         rows = [self.index.get(str(p)) for p in paths]
         if any(i is None for i in rows):
             return None
@@ -832,13 +848,17 @@ class _ImageSource:
         batch = self.cache.stack(paths) if self.cache is not None else None
         if batch is not None:
             return batch
+        import torch
+
         out = torch.empty((len(paths), 3, *self.size), dtype=torch.uint8)
         for i, path in enumerate(paths):
             out[i] = resize_image(self._fetch(path), self.size)
         return out
 
 
-class TrainDataset(torch.utils.data.Dataset):
+# The datasets are map-style (__getitem__ and __len__ are all DataLoader asks for); they do not subclass
+# torch.utils.data.Dataset so that importing this file does not import torch.
+class TrainDataset:
     """(image, 18-class label) for image records; ``transform=None`` gives the resized uint8 image."""
 
     def __init__(
@@ -862,11 +882,13 @@ class TrainDataset(torch.utils.data.Dataset):
 
     def stack(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(uint8 (B, 3, H, W) resized images, int64 labels) of ``indices``, ignoring the transform."""
+        import torch
+
         images = self._source.stack([self.records[i].path for i in indices])
         return images, torch.as_tensor(self.labels[list(indices)], dtype=torch.long)
 
 
-class EvalDataset(torch.utils.data.Dataset):
+class EvalDataset:
     """(image, index) for image paths (e.g. read_eval_table's, in submission order)."""
 
     def __init__(

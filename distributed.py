@@ -1,17 +1,19 @@
-"""torchrun plumbing: which process this is (DistInfo), setting up the process group, and gathering or
-broadcasting Python objects between the processes (a no-op in a single process).
+"""torchrun plumbing: which process this is (DistInfo), setting up and closing the process group, and
+gathering or broadcasting Python objects between the processes (each a no-op in a single process).
+
+torch.distributed is imported only when torchrun started several processes (or a device is resolved).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING, Any
 
 from utils import UserError, resolve_device
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ def setup_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo(), resolve_device(device_name)
+    import torch
+    import torch.distributed as dist
+
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name)
     if device.type == "cuda":
@@ -49,9 +54,19 @@ def setup_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
     return DistInfo(rank, world, local_rank), device
 
 
+def close_distributed(info: DistInfo) -> None:
+    if info.ddp:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def gather(obj: Any, info: DistInfo) -> list:
     if not info.ddp:
         return [obj]
+    import torch.distributed as dist
+
     out = [None] * info.world
     dist.all_gather_object(out, obj)
     return out
@@ -60,6 +75,15 @@ def gather(obj: Any, info: DistInfo) -> list:
 def broadcast(obj: Any, info: DistInfo) -> Any:
     if not info.ddp:
         return obj
+    import torch.distributed as dist
+
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def barrier(info: DistInfo) -> None:
+    if info.ddp:
+        import torch.distributed as dist
+
+        dist.barrier()

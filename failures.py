@@ -9,8 +9,6 @@ import re
 import traceback
 from pathlib import Path
 
-import torch
-
 from artifacts import RunSummary, now_iso
 from utils import UserError
 
@@ -39,6 +37,8 @@ def user_facing_error(e: BaseException, run_dir: Path) -> BaseException:
         return UserError(text[found[-1].end() :].strip()) if found else e
     if not isinstance(e, RuntimeError):
         return e
+    import torch
+
     first = (text.strip().splitlines() or [type(e).__name__])[0]
     resume = resume_hint(run_dir)
     if isinstance(e, torch.OutOfMemoryError):

@@ -17,19 +17,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.distributed as dist
-from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import artifacts
@@ -39,11 +36,10 @@ import dataset
 import loss as losses
 import model as models
 import optim
-from augment import mix_batch, mixed_loss
+import utils
 from config import ExactlyN, HelpFormatter, TrainParser, flags, fold_value
-from distributed import DistInfo, broadcast, gather, setup_distributed
+from distributed import DistInfo, barrier, broadcast, close_distributed, gather, setup_distributed
 from failures import record_failure
-from sampler import build_loaders, epoch_seed
 from utils import (
     UserError,
     atomic_torch_save,
@@ -53,6 +49,14 @@ from utils import (
     seed_everything,
     unique_dir,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader
+
+# torch, timm and the helpers built on them (augment.py, sampler.py) are imported inside the functions that
+# use them: `python train.py --help` and a mistyped flag answer without loading them (tests/test_startup.py).
 
 
 # --------------------------------------------------------------------------- arguments
@@ -211,12 +215,16 @@ class StepConfig:
 
 
 def _autocast(cfg: StepConfig):
+    import torch
+
     if cfg.amp_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=cfg.device.type, dtype=cfg.amp_dtype)
 
 
 def _to_device(images: torch.Tensor, labels: torch.Tensor, cfg: StepConfig):
+    import torch
+
     images = images.to(cfg.device, non_blocking=True)
     if cfg.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
@@ -236,8 +244,16 @@ def train_one_epoch(
     cfg: StepConfig,
     info: DistInfo,
     desc: str,
+    on_first_batch=None,
 ) -> dict:
-    """One pass over the training data; returns loss/acc/f1 over all ranks and images/s."""
+    """One pass over the training data; returns loss/acc/f1 over all ranks and images/s.
+
+    ``on_first_batch()`` is called once the first batch has arrived (for the log's start-up line).
+    """
+    import torch
+
+    from augment import mix_batch, mixed_loss
+
     net.train()
     optimizer.zero_grad(set_to_none=True)
     n_batches = len(loader)
@@ -246,6 +262,8 @@ def train_one_epoch(
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, disable=not info.main, leave=False, dynamic_ncols=True, file=sys.stderr)
     for i, (images, labels) in enumerate(bar):
+        if i == 0 and on_first_batch is not None:
+            on_first_batch()
         images, labels = _to_device(images, labels, cfg)
         images, targets_a, targets_b, lam = mix_batch(
             images, labels, rng, cfg.cutmix, cfg.cutmix_mode, cfg.cutmix_beta, cfg.mixup
@@ -283,6 +301,8 @@ def train_one_epoch(
 
 def _optimizer_step(optimizer, scaler, raw: nn.Module, ema, batch_scheduler, clip_grad: float) -> None:
     """The step after a group of accumulated backward passes: clip, step, EMA update, per-batch schedule."""
+    from torch import nn
+
     if clip_grad > 0:
         scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(raw.parameters(), clip_grad)
@@ -312,36 +332,38 @@ def _train_metrics(loss_sum: float, seen: int, preds, targets, seconds: float, i
     }
 
 
-@torch.no_grad()
 def evaluate(
     net: nn.Module, loader: DataLoader, criterion: nn.Module, n_items: int, cfg: StepConfig, info: DistInfo, desc: str
 ) -> tuple[dict, np.ndarray, np.ndarray]:
     """(metrics incl. loss, probs (N, 18), labels) over the whole valid set, in dataset order (DDP-exact)."""
-    net.eval()
-    logits_all, labels_all, index_all = [], [], []
-    for images, labels, index in tqdm(loader, desc=desc, disable=not info.main, leave=False, file=sys.stderr):
-        images, _ = _to_device(images, labels, cfg)
-        with _autocast(cfg):
-            logits = net(images)
-        logits_all.append(logits.float().cpu())
-        labels_all.append(labels)
-        index_all.append(index)
-    parts = gather((torch.cat(logits_all), torch.cat(labels_all), torch.cat(index_all)), info)
-    logits = torch.cat([p[0] for p in parts])
-    labels = torch.cat([p[1] for p in parts])
-    index = torch.cat([p[2] for p in parts]).numpy()
-    # DistributedSampler pads the last shard by repeating items: keep one copy of each, in dataset order.
-    _, first = np.unique(index, return_index=True)
-    order = first[np.argsort(index[first])]
-    logits, labels = logits[order], labels[order]
-    if len(labels) != n_items:
-        raise RuntimeError(f"evaluation saw {len(labels)} of {n_items} validation images")
-    loss_value = criterion(logits.to(cfg.device), labels.to(cfg.device)).item()
-    probs = models.logits_to_probs(logits, cfg.head).float().numpy()
-    y_true = labels.numpy()
-    metrics = {k: float(v) for k, v in dataset.classification_metrics(y_true, probs.argmax(1)).items()}
-    metrics["loss"] = loss_value
-    return metrics, probs, y_true
+    import torch
+
+    with torch.no_grad():
+        net.eval()
+        logits_all, labels_all, index_all = [], [], []
+        for images, labels, index in tqdm(loader, desc=desc, disable=not info.main, leave=False, file=sys.stderr):
+            images, _ = _to_device(images, labels, cfg)
+            with _autocast(cfg):
+                logits = net(images)
+            logits_all.append(logits.float().cpu())
+            labels_all.append(labels)
+            index_all.append(index)
+        parts = gather((torch.cat(logits_all), torch.cat(labels_all), torch.cat(index_all)), info)
+        logits = torch.cat([p[0] for p in parts])
+        labels = torch.cat([p[1] for p in parts])
+        index = torch.cat([p[2] for p in parts]).numpy()
+        # DistributedSampler pads the last shard by repeating items: keep one copy of each, in dataset order.
+        _, first = np.unique(index, return_index=True)
+        order = first[np.argsort(index[first])]
+        logits, labels = logits[order], labels[order]
+        if len(labels) != n_items:
+            raise RuntimeError(f"evaluation saw {len(labels)} of {n_items} validation images")
+        loss_value = criterion(logits.to(cfg.device), labels.to(cfg.device)).item()
+        probs = models.logits_to_probs(logits, cfg.head).float().numpy()
+        y_true = labels.numpy()
+        metrics = {k: float(v) for k, v in dataset.classification_metrics(y_true, probs.argmax(1)).items()}
+        metrics["loss"] = loss_value
+        return metrics, probs, y_true
 
 
 # --------------------------------------------------------------------------- one training run: the set-up steps
@@ -381,6 +403,8 @@ class Progress:
 
 def build_model(args: argparse.Namespace, device: torch.device, pretrained: bool) -> tuple[nn.Module, tuple, tuple]:
     """The model on its device, and the mean/std of its pretrained weights (ImageNet's when it has none)."""
+    import torch
+
     net = models.create_model(
         args.model, head=args.head, pretrained=pretrained, weights=args.weights, drop_rate=args.drop_rate
     )
@@ -393,15 +417,16 @@ def build_model(args: argparse.Namespace, device: torch.device, pretrained: bool
     return net, mean, std
 
 
-def build_data(args: argparse.Namespace, split: dataset.Split, mean, std, info: DistInfo, device: torch.device):
+def build_data(args: argparse.Namespace, split: dataset.Split, mean, std, info: DistInfo, device, startup):
     """(training loader, validation loader, training labels); fills the image cache first with --cache."""
+    from sampler import build_loaders
+
     size = (args.resize[0], args.resize[1])
     cache = None
     if args.cache:
-        records = split.train + split.valid
-        cache = dataset.ImageCache(
-            [r.path for r in records], size, progress=info.main, log=print if info.main else None
-        )
+        paths = [r.path for r in split.train + split.valid]
+        with startup.phase("cache"):
+            cache = dataset.ImageCache(paths, size, progress=info.main, log=print if info.main else None)
     # From the cache a batch is one index_select: workers would only add memory (each a forked copy of
     # a large parent; bench/memory.py) and inter-process copies (bench/loader_speed.py, "workers 0").
     workers = 0 if cache is not None else args.workers
@@ -413,6 +438,8 @@ def build_data(args: argparse.Namespace, split: dataset.Split, mean, std, info: 
 
 def build_trainer(args: argparse.Namespace, net: nn.Module, loaders: tuple, mean, std, device) -> Trainer:
     """Loss, optimiser, schedule, mixed precision and EMA around the model; the step settings of the epochs."""
+    import torch
+
     train_loader, valid_loader, train_labels = loaders
     class_weight = losses.class_weights(train_labels, args.head) if args.class_weights == "balanced" else None
     options = config.criterion_options(args.criterion, {dest: getattr(args, dest) for dest in config.CRITERION_FLAGS})
@@ -425,7 +452,7 @@ def build_trainer(args: argparse.Namespace, net: nn.Module, loaders: tuple, mean
         args.epochs, steps_per_epoch, args.lr, args.min_lr, args.lr_decay_step, args.gamma, args.cycle_epochs
     )
     scheduler, when = optim.build_scheduler(optimizer, args.scheduler, spec)
-    amp_dtype = amp_dtype_for(args.amp, device)
+    amp_dtype = utils.amp_dtype(args.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     ema = None
     if args.ema > 0:
@@ -450,9 +477,7 @@ def build_trainer(args: argparse.Namespace, net: nn.Module, loaders: tuple, mean
     )
 
 
-def restore_progress(
-    resume: tuple[Path, dict], trainer: Trainer, summary: artifacts.RunSummary, info: DistInfo
-) -> Progress:
+def restore_progress(resume: tuple[Path, dict], trainer: Trainer, summary, info: DistInfo) -> Progress:
     """Put a checkpoint's weights and training state back; where the run stands after its last epoch."""
     steps_per_epoch = math.ceil(len(trainer.train_loader) / trainer.cfg.accum_steps)
     t = trainer
@@ -465,6 +490,9 @@ def restore_progress(
 
 def wrap_for_training(trainer: Trainer, info: DistInfo, device: torch.device, compile: bool, deterministic: bool):
     """DDP across the processes of torchrun, torch.compile, cuDNN autotuning: what trains is trainer.net."""
+    import torch
+    from torch import nn
+
     if info.ddp:
         device_ids = [device.index] if device.type == "cuda" else None
         trainer.net = nn.parallel.DistributedDataParallel(trainer.raw, device_ids=device_ids)
@@ -472,18 +500,6 @@ def wrap_for_training(trainer: Trainer, info: DistInfo, device: torch.device, co
         trainer.net = torch.compile(trainer.net)
     if device.type == "cuda" and not deterministic:
         torch.backends.cudnn.benchmark = True
-
-
-def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
-    if amp == "off":
-        return None
-    if amp == "fp16":
-        if device.type != "cuda":
-            raise UserError("--amp fp16 needs a CUDA GPU; on CPU use --amp bf16 (or no --amp)")
-        return torch.float16
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError("this GPU has no bfloat16; use --amp fp16")
-    return torch.bfloat16
 
 
 # --------------------------------------------------------------------------- one training run
@@ -497,6 +513,7 @@ class Run:
     image_dir: Path
     info: DistInfo
     summary: artifacts.RunSummary
+    startup: artifacts.Startup  # the time before the first batch, by phase
     writer: Any = None  # TensorBoard's SummaryWriter, on rank 0
 
 
@@ -508,10 +525,11 @@ def run_training(
     info: DistInfo,
     device: torch.device,
     resume: tuple[Path, dict] | None = None,
+    startup: artifacts.Startup | None = None,
 ) -> dict:
     """Train one model on one split into ``run_dir`` (set up, restore, the epochs, finish); returns the summary."""
     summary = artifacts.RunSummary(run_dir, args.fold, args.folds, writes=info.main, resumed=resume is not None)
-    run = Run(args, run_dir, split, image_dir, info, summary)
+    run = Run(args, run_dir, split, image_dir, info, summary, startup or artifacts.Startup(time.perf_counter()))
     if resume is not None and info.main:
         remove_temp_files(run_dir)  # half-written files of the killed process (atomic writes: never the real ones)
     try:
@@ -521,7 +539,7 @@ def run_training(
             summary.write()
         seed_everything(args.seed, args.deterministic)
         net, mean, std = build_model(args, device, pretrained=args.pretrained and resume is None)
-        loaders = build_data(args, split, mean, std, info, device)
+        loaders = build_data(args, split, mean, std, info, device, run.startup)
         trainer = build_trainer(args, net, loaders, mean, std, device)
         progress = Progress() if resume is None else restore_progress(resume, trainer, summary, info)
         wrap_for_training(trainer, info, device, args.compile, args.deterministic)
@@ -551,6 +569,8 @@ def run_training(
 
 def run_epochs(run: Run, trainer: Trainer, progress: Progress) -> str:
     """Train and validate epoch by epoch, saving each (rank 0); "finished", "stopped_early" or "stopped"."""
+    from sampler import epoch_seed
+
     args, info, t = run.args, run.info, trainer
     for epoch in range(progress.start_epoch, args.epochs + 1):
         epoch_start = time.perf_counter()
@@ -561,9 +581,10 @@ def run_epochs(run: Run, trainer: Trainer, progress: Progress) -> str:
         lr = t.optimizer.param_groups[0]["lr"]
         tag = f"epoch {epoch}/{args.epochs}"
         batch_scheduler = t.scheduler if t.when == "batch" else None
+        first = functools.partial(report_first_batch, run) if info.main and epoch == progress.start_epoch else None
         train = train_one_epoch(
             t.net, t.raw, t.train_loader, t.criterion, t.optimizer, t.scaler, batch_scheduler, t.ema, rng, t.cfg,
-            info, f"{tag} train",
+            info, f"{tag} train", on_first_batch=first,
         )  # fmt: skip
         if t.scheduler is not None and t.when == "epoch":
             t.scheduler.step()
@@ -585,6 +606,13 @@ def run_epochs(run: Run, trainer: Trainer, progress: Progress) -> str:
                 print(f"stopping after epoch {epoch} (--stop-after); continue with --resume {run.run_dir}")
             return "stopped"
     return "finished"
+
+
+def report_first_batch(run: Run) -> None:
+    """The log's "first batch after ... s (imports, data, cache ...)" line, also kept in summary.json."""
+    line, record = run.startup.first_batch()
+    tqdm.write(line, file=sys.stdout)
+    run.summary.data["startup"] = record  # written with the epoch's summary
 
 
 def save_epoch(run: Run, trainer: Trainer, progress: Progress, valid: dict, best_probs, y_true) -> None:
@@ -664,13 +692,16 @@ def run_cv(
     info: DistInfo,
     device,
     name: str,
-    resume_parent: Path | None = None,
+    resume_parent: Path | None,
+    startup: artifacts.Startup,
 ) -> dict:
     """Every fold in turn into <name>/fold<k>, then the out-of-fold CV score; a resumed CV skips finished folds."""
     parent = resume_parent or make_run_dir(Path(args.output_dir), name, info)
     results = []
     for fold in range(args.folds):
-        result = run_fold(args, fold, parent, persons, records, image_dir, info, device, resume_parent is not None)
+        startup = startup if fold == 0 else artifacts.Startup(time.perf_counter())  # a later fold: from its start
+        resumed = resume_parent is not None
+        result = run_fold(args, fold, parent, persons, records, image_dir, info, device, resumed, startup)
         results.append(result)
         if result.get("status") == "stopped":
             return {"status": "stopped", "run_dir": str(parent)}
@@ -678,7 +709,7 @@ def run_cv(
     return {"status": "finished", "run_dir": str(parent), "cv": cv, "folds": results}
 
 
-def run_fold(args, fold: int, parent: Path, persons, records, image_dir, info: DistInfo, device, resumed: bool) -> dict:
+def run_fold(args, fold: int, parent: Path, persons, records, image_dir, info, device, resumed: bool, startup) -> dict:
     """One fold of a `--fold all` run into parent/fold<k>: skipped when finished, resumed, or trained afresh."""
     fold_args = argparse.Namespace(**{**vars(args), "fold": fold, "resume": None})
     run_dir = parent / f"fold{fold}"
@@ -686,20 +717,37 @@ def run_fold(args, fold: int, parent: Path, persons, records, image_dir, info: D
     if info.main:
         run_dir.mkdir(parents=True, exist_ok=resumed)
         print(f"=== fold {fold + 1}/{args.folds}" + (f" ({state})" if resumed else "") + " ===")
-    if info.ddp:
-        dist.barrier()
+    barrier(info)
     if state == "finished":
         return {**artifacts.read_summary(run_dir), "run_dir": str(run_dir)}
     resume = None
     if state == "resumable":
         resume = checkpoint.resolve_resume(str(run_dir), quiet=not info.main)
         checkpoint.check_resumable(*resume, models.resolve_model_name(args.model), args.head)
-    split = dataset.split_records(records, persons, fold, args.folds, args.split_seed, args.val_ratio)
-    return run_training(fold_args, run_dir, split, image_dir, info, device, resume)
+    with startup.phase("data"):
+        split = dataset.split_records(records, persons, fold, args.folds, args.split_seed, args.val_ratio)
+    return run_training(fold_args, run_dir, split, image_dir, info, device, resume, startup)
+
+
+def import_libraries(startup: artifacts.Startup) -> None:
+    """torch, timm and the rest a run needs, in one go once the arguments are checked: the log's "imports"
+    (the functions import them where used, so that --help and a bad argument answer without them)."""
+    import sklearn.metrics  # noqa: F401
+    import sklearn.model_selection  # noqa: F401
+    import timm  # noqa: F401
+    import torch  # noqa: F401
+    from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+
+    import augment  # noqa: F401
+    import sampler  # noqa: F401
+
+    startup.phases["imports"] = time.perf_counter() - startup.start
 
 
 def main(args: argparse.Namespace) -> dict:
     config.check_args(args)
+    startup = artifacts.Startup(time.perf_counter() - utils.process_age())
+    import_libraries(startup)
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
     resume = checkpoint.resolve_resume(args.resume) if args.resume and args.fold != "all" else None
@@ -707,12 +755,13 @@ def main(args: argparse.Namespace) -> dict:
         checkpoint.check_resumable(*resume, models.resolve_model_name(args.model), args.head)
     info, device = setup_distributed(args.device)
     try:
-        amp_dtype_for(args.amp, device)  # e.g. fp16 on CPU: refuse before a run directory exists
-        image_dir = dataset.resolve_image_dir(args.data_dir, "train", args.image_dir)
-        fixes = args.label_fixes or dataset.DEFAULT_FIXES
-        log = print if info.main else None
-        fixes = None if fixes == "none" else Path(fixes)
-        persons, records = dataset.load_train(args.data_dir, args.image_dir, label_fixes=fixes, log=log)
+        utils.amp_dtype(args.amp, device)  # e.g. fp16 on CPU: refuse before a run directory exists
+        with startup.phase("data"):
+            image_dir = dataset.resolve_image_dir(args.data_dir, "train", args.image_dir)
+            fixes = args.label_fixes or dataset.DEFAULT_FIXES
+            fixes = None if fixes == "none" else Path(fixes)
+            log = print if info.main else None
+            persons, records = dataset.load_train(args.data_dir, args.image_dir, label_fixes=fixes, log=log)
         if info.main:
             print(f"images: {image_dir} (--image-dir {args.image_dir})")
         model_name = models.resolve_model_name(args.model)
@@ -720,13 +769,13 @@ def main(args: argparse.Namespace) -> dict:
         name = args.name or config.default_run_name(model_name, criterion_name, args.fold, args.folds)
         if args.fold == "all":
             parent = Path(args.resume) if args.resume else None
-            return run_cv(args, persons, records, image_dir, info, device, name, resume_parent=parent)
-        split = dataset.split_records(records, persons, args.fold, args.folds, args.split_seed, args.val_ratio)
+            return run_cv(args, persons, records, image_dir, info, device, name, parent, startup)
+        with startup.phase("data"):
+            split = dataset.split_records(records, persons, args.fold, args.folds, args.split_seed, args.val_ratio)
         run_dir = resume[0].parent if resume else make_run_dir(Path(args.output_dir), name, info)
-        return run_training(args, run_dir, split, image_dir, info, device, resume)
+        return run_training(args, run_dir, split, image_dir, info, device, resume, startup)
     finally:
-        if info.ddp and dist.is_initialized():
-            dist.destroy_process_group()
+        close_distributed(info)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,9 @@ def run_main(main: Callable[[], Any]) -> None:
         print(f"error: {reason}{where}; check the path, free space and permissions", file=sys.stderr)
         sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+_IMPORTED = time.perf_counter()
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -246,6 +250,34 @@ def resolve_device(name: str = "auto"):
         return torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N") from None
+
+
+def amp_dtype(amp: str, device):
+    """The dtype of --amp off/bf16/fp16 on ``device`` (None: fp32), refusing what the device cannot do."""
+    import torch
+
+    if amp == "off":
+        return None
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise UserError("--amp fp16 needs a CUDA GPU; on CPU use --amp bf16 (or no --amp)")
+        return torch.float16
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("this GPU has no bfloat16; use --amp fp16")
+    return torch.bfloat16
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux: from /proc, interpreter start-up included; elsewhere since
+    this file was imported)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _IMPORTED
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

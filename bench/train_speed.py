@@ -114,6 +114,7 @@ class ProjectLoop:
         import loss as losses
         import optim
         import train
+        import utils
         from distributed import DistInfo
 
         self.train, self.device, self.info = train, device, DistInfo()
@@ -124,7 +125,7 @@ class ProjectLoop:
         self.net = torch.compile(net) if v.compile else net
         self.criterion = losses.build_loss("ce", head="single").to(device)
         self.optimizer = optim.build_optimizer(net, "adamw", LR, WEIGHT_DECAY, MOMENTUM)
-        amp_dtype = train.amp_dtype_for(v.amp, device)
+        amp_dtype = utils.amp_dtype(v.amp, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         self.cfg = train.StepConfig(device=device, amp_dtype=amp_dtype, channels_last=v.channels_last, head="single")
 

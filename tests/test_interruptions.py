@@ -236,6 +236,8 @@ def load(path: Path) -> dict:
 
 def test_killed_training_resumes_to_the_same_result(runs):
     assert runs["results"]["straight"][0] == 0, runs["results"]["straight"][2][-3000:]
+    first_batch = [line for line in runs["results"]["straight"][1].splitlines() if line.startswith("first batch after")]
+    assert len(first_batch) == 1 and "imports" in first_batch[0] and "data" in first_batch[0], first_batch
     code, _, err = runs["results"]["killed"]
     assert code == 0, err[-3000:]
     assert runs["at_kill"]["summary"]["status"] == "running" and runs["at_kill"]["epoch"] < EPOCHS, "killed midway"

@@ -324,6 +324,10 @@ def test_run_writes_every_artifact(finished_run: Path, data_dir: Path):
     assert summary["status"] == "finished" and summary["epochs_run"] == 4
     assert set(summary["best"]) == {"f1", "acc", "f1_mask", "f1_gender", "f1_age", "loss"}
     assert summary["fold"] == 0 and summary["folds"] == 3 and summary["train_images_per_s"] > 0
+    startup = summary["startup"]  # where the time before the first batch went (issue 14)
+    assert {"first_batch_s", "imports_s", "data_s", "model_and_loaders_s"} <= set(startup)
+    parts = sum(v for k, v in startup.items() if k != "first_batch_s")
+    assert startup["first_batch_s"] == pytest.approx(parts, abs=0.01) and startup["imports_s"] > 0
 
     log = read_csv(finished_run / "log.csv")
     assert list(log[0]) == list(artifacts.LOG_COLUMNS) and [int(r["epoch"]) for r in log] == [1, 2, 3, 4]
