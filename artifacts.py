@@ -69,8 +69,9 @@ class RunSummary:
             "fold": fold,
             "folds": folds if fold is not None else None,
         }
+        self.previous = read_summary(run_dir)  # the sessions before (a resume), else {}
         if resumed:
-            self.data["start_time"] = read_summary(run_dir).get("start_time") or self.session_start_time
+            self.data["start_time"] = self.previous.get("start_time") or self.session_start_time
 
     def elapsed_s(self) -> float:
         return self.elapsed_before + time.time() - self.session_start

@@ -8,6 +8,9 @@ arguments under the command line (--config, --resume), and config.json, the reco
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ import loss as losses
 import model as models
 from checkpoint import fold_dirs, is_cv_parent, resolve_resume
 from optim import OPTIMIZERS, SCHEDULERS
-from utils import UserError, atomic_write_json, git_commit, read_json
+from utils import UserError, atomic_write_text, git_commit, json_text, read_json
 
 # Arguments that describe how this invocation was started, not the experiment: never reloaded.
 NOT_RELOADED = frozenset({"config", "resume", "stop_after"})
@@ -138,6 +141,20 @@ def check_args(args: argparse.Namespace) -> None:
         )
     if any(w < 0 for w in args.head_weights):
         raise UserError(f"--head-weights must be >= 0, got {args.head_weights}")
+    check_output_dir(args.output_dir, args.data_dir)
+
+
+def check_output_dir(output_dir: str, data_dir: str) -> None:
+    """Runs must not live among the photos: crop_faces.py would crop a run's PNGs (confusion matrix) as photos."""
+    out = Path(output_dir).resolve()
+    for split in ("train", "eval"):
+        for tree in ("images", "crops"):
+            folder = Path(data_dir).resolve() / split / tree
+            if out == folder or folder in out.parents:
+                raise UserError(
+                    f"--output-dir {output_dir} is inside {folder}, whose pictures crop_faces.py and training read "
+                    "as photos; put the runs outside the data folder's images/ and crops/, e.g. --output-dir runs"
+                )
 
 
 def criterion_options(criterion: str, given: dict[str, float | None]) -> dict:
@@ -187,8 +204,14 @@ def reloadable_args(saved: dict, parser: argparse.ArgumentParser, source) -> dic
 
 
 def cv_args(parent: Path) -> dict:
-    """The arguments of a `--fold all` run, from the config.json of its first fold."""
-    for run in fold_dirs(parent):
+    """The arguments of a `--fold all` run: those its first checkpointed fold saved (as a single run's --resume
+    reads them), else (no epoch finished yet) those of its first fold's config.json."""
+    folds = fold_dirs(parent)
+    for run in folds:
+        if (run / "last.pt").exists() or (run / "best.pt").exists():
+            _, ckpt = resolve_resume(str(run), quiet=True)
+            return {**ckpt.get("meta", {}).get("args", {}), "fold": "all"}
+    for run in folds:
         if (run / "config.json").is_file():
             return {**config_args(str(run / "config.json")), "fold": "all"}
     raise UserError(f"{parent} has fold directories but no config.json in them; start a new run")
@@ -228,14 +251,19 @@ def versions() -> dict:
     }
 
 
-def write_config(run_dir: Path, args: dict, image_dir: Path, start_time: str, resumed: bool, world: int) -> None:
+def write_config(run_dir: Path, args: dict, image_dir: Path, start_time: str, world: int, recorded_sha1=None) -> str:
+    """Write config.json: a new run's record, or (on resume) train.py's own with this session appended.
+    Returns the sha1 of the text written, which summary.json keeps as ``recorded_sha1`` for the next resume.
+
+    A config.json changed since train.py wrote it (``recorded_sha1`` differs) or that is not valid JSON was
+    edited by hand: it is moved aside to config.edited.json (never overwritten, never lost), with a warning that
+    --resume takes the run's arguments from its checkpoint, and a new config.json is written.
+    """
     path = run_dir / "config.json"
     command = [sys.argv[0], *sys.argv[1:]]
-    if resumed and path.is_file():
-        try:
-            config = read_json(path)
-        except UserError:
-            config = {}
+    # A fresh run's directory is new, except a `--fold all` fold restarted by --resume before its first epoch.
+    config = own_config(path, recorded_sha1, run_dir) if path.is_file() else None
+    if config is not None:
         config["args"] = args
         config.setdefault("resumes", []).append({"time": start_time, "command": command})
     else:
@@ -250,4 +278,32 @@ def write_config(run_dir: Path, args: dict, image_dir: Path, start_time: str, re
             "run_dir": str(run_dir),
             "world_size": world,
         }
-    atomic_write_json(path, config)
+    text = json_text(config)
+    atomic_write_text(path, text)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def own_config(path: Path, recorded_sha1: str | None, run_dir: Path) -> dict | None:
+    """The config.json train.py wrote, or None after moving a hand-edited one aside (with a one-line warning)."""
+    data = path.read_bytes()
+    try:
+        config = json.loads(data)
+    except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
+        config = None
+    changed = recorded_sha1 is not None and hashlib.sha1(data).hexdigest() != recorded_sha1
+    if isinstance(config, dict) and not changed:
+        return config
+    kept = path.with_name("config.edited.json")
+    n = 1
+    while kept.exists():
+        n += 1
+        kept = path.with_name(f"config.edited_{n}.json")
+    os.replace(path, kept)
+    invalid = "" if isinstance(config, dict) else " (and is not valid JSON)"
+    print(
+        f"warning: {path} was edited after train.py wrote it{invalid}; --resume takes the run's arguments from its "
+        f"checkpoint, not config.json (to change one, pass it: python train.py --resume {run_dir} --epochs N), so "
+        f"the edit is not used: your file is kept as {kept} and a new config.json is written",
+        file=sys.stderr,
+    )
+    return None

@@ -6,8 +6,8 @@ Finds every run directory under --runs (a folder holding config.json, as train.p
 runs show up as <name>/fold0, <name>/fold1, ...) and prints a markdown table, ready to paste into notes:
 one row per run with the arguments that differ between the listed runs (the others once, as
 "common: k=v, ..."), best validation macro F1 / accuracy / per-task F1, best epoch, duration, training
-speed and the eval F1 of an inference run that was given the answers. Crashed, killed, still-running
-and unreadable runs are shown as such instead of breaking the table.
+speed and the eval F1 of an inference run that was given the answers. Crashed, killed, interrupted,
+still-running and unreadable runs are shown as such instead of breaking the table.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ TRAILING_COLUMNS = (*METRIC_COLUMNS, "best_epoch", "duration", "images_per_s", "
 DESCENDING_COLUMNS = frozenset({*METRIC_COLUMNS, "images_per_s", "eval_f1"})
 # Left out of the markdown table when no listed run has a value (the CSV keeps a stable header).
 OPTIONAL_COLUMNS = ("eval_f1", "note")
-STATUSES = ("finished", "running", "stale/killed", "failed", "unreadable")
+STATUSES = ("finished", "running", "stale/killed", "interrupted", "failed", "unreadable")
 NOTE_WIDTH = 80  # a traceback's last line can be long; the CSV keeps the full text
 
 # summary.json "best" key -> table column
@@ -255,9 +255,9 @@ def run_status(summary: dict, problems: list[str], active: bool, idle: float, ep
         if active:
             return "running", f"{epochs_run} epoch(s) so far"
         return "stale/killed", f"no update for {format_duration(idle)}; killed?"
-    if state == "failed":
+    if state in ("failed", "interrupted"):  # interrupted: Ctrl-C, SIGTERM or a full disk; --resume continues it
         lines = str(summary.get("error") or "").strip().splitlines()
-        return "failed", lines[-1] if lines else None  # a traceback's last line names the exception
+        return state, lines[-1] if lines else None  # a traceback's last line names the exception
     if state == "finished":
         return "finished", None
     return "unreadable", f"summary.json has unknown status {state!r}"

@@ -526,17 +526,21 @@ def run_training(
     device: torch.device,
     resume: tuple[Path, dict] | None = None,
     startup: artifacts.Startup | None = None,
+    cv_parent: Path | None = None,
 ) -> dict:
-    """Train one model on one split into ``run_dir`` (set up, restore, the epochs, finish); returns the summary."""
+    """Train one model on one split into ``run_dir`` (set up, restore, the epochs, finish); returns the summary.
+
+    ``cv_parent``: the directory of the `--fold all` run this is a fold of (what a stopped run resumes)."""
     summary = artifacts.RunSummary(run_dir, args.fold, args.folds, writes=info.main, resumed=resume is not None)
     run = Run(args, run_dir, split, image_dir, info, summary, startup or artifacts.Startup(time.perf_counter()))
     if resume is not None and info.main:
         remove_temp_files(run_dir)  # half-written files of the killed process (atomic writes: never the real ones)
     try:
         if info.main:
-            start_time = summary.session_start_time
-            config.write_config(run_dir, config.json_args(args), image_dir, start_time, resume is not None, info.world)
-            summary.write()
+            saved = config.json_args(args), image_dir, summary.session_start_time, info.world
+            # summary.json keeps a fingerprint of the config.json written: a later --resume spots a hand edit.
+            recorded = summary.previous.get("config_sha1")
+            summary.write(config_sha1=config.write_config(run_dir, *saved, recorded_sha1=recorded))
         seed_everything(args.seed, args.deterministic)
         net, mean, std = build_model(args, device, pretrained=args.pretrained and resume is None)
         loaders = build_data(args, split, mean, std, info, device, run.startup)
@@ -558,7 +562,7 @@ def run_training(
             return {**summary.data, "status": "stopped", "run_dir": str(run_dir)}
         return finish(run, progress, stopped_early=outcome == "stopped_early")
     except BaseException as e:
-        shown = record_failure(e, run_dir, info.main, summary)
+        shown = record_failure(e, run_dir, info.main, summary, cv_parent)
         if shown is not e:
             raise shown from None
         raise
@@ -726,7 +730,7 @@ def run_fold(args, fold: int, parent: Path, persons, records, image_dir, info, d
         checkpoint.check_resumable(*resume, models.resolve_model_name(args.model), args.head)
     with startup.phase("data"):
         split = dataset.split_records(records, persons, fold, args.folds, args.split_seed, args.val_ratio)
-    return run_training(fold_args, run_dir, split, image_dir, info, device, resume, startup)
+    return run_training(fold_args, run_dir, split, image_dir, info, device, resume, startup, cv_parent=parent)
 
 
 def import_libraries(startup: artifacts.Startup) -> None:
@@ -779,4 +783,5 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
+    utils.interrupt_on_sigterm()  # kill, a scheduler's stop or torchrun's: marked "interrupted", exit 143
     run_main(lambda: main(get_args_parser().parse_args()))

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,9 +24,30 @@ from typing import Any
 
 import numpy as np
 
+INTERRUPTED = "interrupted; files already written are complete (rerun to resume)"
+
 
 class UserError(Exception):
     """A problem the user can fix; scripts print it as one line (no traceback) and exit 2."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (exit 130) or SIGTERM (exit 143) with a line saying how to continue; run_main prints it."""
+
+    def __init__(self, message: str = INTERRUPTED, code: int = 130):
+        super().__init__(message)
+        self.code = code
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, a job scheduler's stop, torchrun stopping its workers) end the script like Ctrl-C:
+    an Interrupted exception in the main thread, so files are completed and the exit code is 143."""
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        raise Interrupted(INTERRUPTED.replace("interrupted", "interrupted (SIGTERM)", 1), code=143)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def run_main(main: Callable[[], Any]) -> None:
@@ -40,9 +62,9 @@ def run_main(main: Callable[[], Any]) -> None:
     except (UserError, UnknownNameError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("error: interrupted; files already written are complete (rerun to resume)", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        print(f"error: {e if isinstance(e, Interrupted) else INTERRUPTED}", file=sys.stderr)
+        sys.exit(getattr(e, "code", 130))
     except OSError as e:
         # Disk full, permission denied, missing directory: name the file and the cause.
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
@@ -114,8 +136,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_text(obj: Any) -> str:
+    """The text atomic_write_json writes for ``obj`` (indented; Paths, numpy values, sets and tuples as JSON)."""
+    return json.dumps(obj, indent=2, default=_json_default) + "\n"
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    atomic_write_text(path, json_text(obj))
 
 
 def atomic_write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

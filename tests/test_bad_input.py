@@ -32,6 +32,7 @@ Arguments
   scheduler (lists the valid names) ........ test_unknown_names_and_bad_fold_write_nothing
                                              (subprocess: test_train.py::test_unknown_names_end_with_one_line)
   --fold outside --folds ................... test_unknown_names_and_bad_fold_write_nothing
+  --output-dir inside images/ or crops/ .... test_output_dir_among_the_photos_is_refused
   --resize with one or three numbers ....... test_resize_needs_two_numbers_one_line
   a run name that exists ................... test_interruptions.py::test_existing_run_name_is_never_overwritten,
                                              test_train.py::test_run_dir_is_never_overwritten
@@ -41,6 +42,11 @@ Interruptions (tests/test_interruptions.py)
   crop_faces.py SIGKILLed, rerun ........... test_crop_faces_killed_midway_then_rerun_completes
                                              (xfail until crop_faces.py checks listed crops:
                                              test_crop_faces_redoes_an_empty_crop_listed_in_the_manifest)
+  train.py SIGTERMed or Ctrl-C: one line with
+  --resume, summary "interrupted" .......... test_sigterm_and_ctrl_c_end_in_one_line_and_mark_the_run_interrupted,
+                                             test_sigterm_of_fold_all_names_the_cv_directory,
+                                             test_sigterm_under_torchrun_rank0_marks_the_run
+  --resume of a hand-edited config.json .... test_train.py::test_resume_keeps_a_hand_edited_config_aside
   train.py SIGKILLed, --resume = same
   result as an uninterrupted run ........... test_killed_training_resumes_to_the_same_result,
                                              test_resume_removes_the_killed_process_temp_files
@@ -80,6 +86,7 @@ import torch
 from helpers import make_tiny_dataset
 
 import checkpoint
+import config
 import dataset
 import ensemble
 import inference
@@ -292,6 +299,20 @@ def test_unknown_names_and_bad_fold_write_nothing(tiny, tmp_path, capsys, flag, 
     line = one_line(err)
     assert code == 2 and listed in line and (flag == "--fold" or repr(value) in line), line
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("inside", ["train/images", "train/crops/x", "eval/images/runs", "eval/crops"])
+def test_output_dir_among_the_photos_is_refused(data_copy, capsys, inside):
+    """crop_faces.py would crop a run's PNGs (its confusion matrix) as photos: refused before anything is written."""
+    before = {p for p in data_copy.rglob("*")}
+    code, _, err = inline(train_main, train_args(data_copy, data_copy / inside), capsys)
+    line = one_line(err)
+    folder = data_copy.resolve() / "/".join(inside.split("/")[:2])
+    assert code == 2 and f"--output-dir {data_copy / inside} is inside {folder}," in line
+    assert "--output-dir runs" in line, "the line names the fix"
+    assert {p for p in data_copy.rglob("*")} == before, "nothing written"
+    # next to the photos (or anywhere else in the data folder) is fine
+    config.check_output_dir(str(data_copy / "train" / "runs"), str(data_copy))
 
 
 @pytest.mark.parametrize("values", [["64"], ["64", "48", "3"]])

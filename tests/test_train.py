@@ -429,6 +429,34 @@ def test_resume_continues_exactly(data_dir, tmp_path):
             assert torch.allclose(tensor.float(), b[key][name].float(), rtol=1e-5, atol=1e-7), f"{key}.{name}"
     assert len(read_csv(run_dir / "log.csv")) == 2
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+    assert len(json.loads((run_dir / "config.json").read_text())["resumes"]) == 1
+    assert not list(run_dir.glob("config.edited*")), "train.py's own config.json is updated in place"
+
+
+def test_resume_keeps_a_hand_edited_config_aside(data_dir, tmp_path, capsys):
+    """--resume takes the arguments from last.pt: a config.json edited by hand (even into invalid JSON) is moved
+    aside with a one-line warning, never overwritten, and a new one is written."""
+    run = tmp_path / "e"
+    config = run / "config.json"
+    assert train_run(base_args(data_dir, tmp_path, "--epochs", "3", "--name", "e", "--stop-after", "1"))
+    broken = b'{"args": {"lr": 0.5, '  # an edit that broke the JSON
+    config.write_bytes(broken)
+    capsys.readouterr()
+    assert train_run(["--resume", str(run), "--stop-after", "2"])["status"] == "stopped"
+    (line,) = [w for w in capsys.readouterr().err.splitlines() if w.startswith(f"warning: {config} was edited")]
+    assert "not valid JSON" in line and str(run / "config.edited.json") in line and f"--resume {run}" in line
+    assert (run / "config.edited.json").read_bytes() == broken
+    rewritten = json.loads(config.read_text())
+    assert rewritten["args"]["lr"] == 1e-2 and rewritten["args"]["epochs"] == 3
+
+    rewritten["args"]["epochs"] = 9  # a valid edit: not used either, and kept
+    config.write_text(json.dumps(rewritten, indent=2))
+    edit = config.read_bytes()
+    assert train_run(["--resume", str(run)])["status"] == "finished"
+    (line,) = [w for w in capsys.readouterr().err.splitlines() if w.startswith(f"warning: {config} was edited")]
+    assert "not valid JSON" not in line and str(run / "config.edited_2.json") in line
+    assert (run / "config.edited_2.json").read_bytes() == edit and (run / "config.edited.json").read_bytes() == broken
+    assert len(read_csv(run / "log.csv")) == 3 and json.loads(config.read_text())["args"]["epochs"] == 3
 
 
 def test_resume_of_another_model_is_one_line(finished_run: Path):
