@@ -299,7 +299,7 @@ def own_config(path: Path, recorded_sha1: str | None, run_dir: Path) -> dict | N
         n += 1
         kept = path.with_name(f"config.edited_{n}.json")
     os.replace(path, kept)
-    invalid = "" if isinstance(config, dict) else " (and is not valid JSON)"
+    invalid = "" if isinstance(config, dict) else " (and is not a valid JSON object)"
     print(
         f"warning: {path} was edited after train.py wrote it{invalid}; --resume takes the run's arguments from its "
         f"checkpoint, not config.json (to change one, pass it: python train.py --resume {run_dir} --epochs N), so "

@@ -1,8 +1,7 @@
 """python dataset.py --data-dir data --folds 5 --seed 42 [--old-threshold 60] [--no-label-fixes]
 
-Labels, the person/image tables, label fixes, person-level folds and a run's train/valid split, image
-loading, the eval transform, an in-memory image cache, the train/eval datasets and the metrics of the
-mask/gender/age competition (training augmentation is in augment.py).
+Labels, the person/image tables, label fixes, person-level folds, image loading, transforms,
+an in-memory image cache and the train/eval datasets of the mask/gender/age competition.
 The data layout it reads is described in DATASET.md.
 
 As a script it writes DATA_DIR/train/folds.csv (id,fold,gender,age,age_group) and prints how

@@ -444,7 +444,7 @@ def test_resume_keeps_a_hand_edited_config_aside(data_dir, tmp_path, capsys):
     capsys.readouterr()
     assert train_run(["--resume", str(run), "--stop-after", "2"])["status"] == "stopped"
     (line,) = [w for w in capsys.readouterr().err.splitlines() if w.startswith(f"warning: {config} was edited")]
-    assert "not valid JSON" in line and str(run / "config.edited.json") in line and f"--resume {run}" in line
+    assert "not a valid JSON object" in line and str(run / "config.edited.json") in line and f"--resume {run}" in line
     assert (run / "config.edited.json").read_bytes() == broken
     rewritten = json.loads(config.read_text())
     assert rewritten["args"]["lr"] == 1e-2 and rewritten["args"]["epochs"] == 3
@@ -454,7 +454,7 @@ def test_resume_keeps_a_hand_edited_config_aside(data_dir, tmp_path, capsys):
     edit = config.read_bytes()
     assert train_run(["--resume", str(run)])["status"] == "finished"
     (line,) = [w for w in capsys.readouterr().err.splitlines() if w.startswith(f"warning: {config} was edited")]
-    assert "not valid JSON" not in line and str(run / "config.edited_2.json") in line
+    assert "not a valid JSON" not in line and str(run / "config.edited_2.json") in line
     assert (run / "config.edited_2.json").read_bytes() == edit and (run / "config.edited.json").read_bytes() == broken
     assert len(read_csv(run / "log.csv")) == 3 and json.loads(config.read_text())["args"]["epochs"] == 3
 
