@@ -19,18 +19,24 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from enum import IntEnum
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
 import utils
 from utils import UserError
 
+if TYPE_CHECKING:
+    import torch
+    from torchvision.transforms import v2
+
+# torch and torchvision are imported inside the functions that decode and batch images: the labels, tables
+# and folds (and `python dataset.py --help`) do not wait for them.
+
 # --------------------------------------------------------------------------- labels
 NUM_CLASSES = 18
 HEAD_SIZES = (3, 2, 3)  # mask, gender, age logits of the multi head
+HEAD_NAMES = ("mask", "gender", "age")
 DEFAULT_OLD_THRESHOLD = 60  # the competition's age split; training may use 55-58 (see DATASET.md)
 
 
@@ -483,6 +489,15 @@ def record_labels(records: Sequence[ImageRecord], old_threshold: int = DEFAULT_O
     return np.array([r.label(old_threshold) for r in records], dtype=np.int64)
 
 
+def inverse_frequency(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Per-class weight n / (C * count); classes absent from training get weight 1 (they never occur)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    weights = np.ones(num_classes)
+    present = counts > 0
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
+
+
 # --------------------------------------------------------------------------- folds and splits
 def _strata(persons: Sequence[Person], old_threshold: int) -> np.ndarray:
     ids = [p.id for p in persons]
@@ -555,6 +570,34 @@ def person_split(
     return set(train), set(valid)
 
 
+@dataclass
+class Split:
+    """The image records of one run: those it trains on and those it validates on (other persons)."""
+
+    train: list
+    valid: list
+
+
+def split_records(records: list, persons: list, fold, folds: int, split_seed: int, val_ratio: float) -> Split:
+    """The persons of ``fold`` (or a ``val_ratio`` hold-out when fold is None) validate, the others train."""
+    if fold is None:
+        _, valid_ids = person_split(persons, val_ratio=val_ratio, seed=split_seed)
+    else:
+        # Folds are stratified on the competition's age groups (60), whatever --age-old-threshold trains
+        # with, so runs with different thresholds share folds and their out-of-fold predictions combine.
+        fold_of = person_folds(persons, n_folds=folds, seed=split_seed, old_threshold=DEFAULT_OLD_THRESHOLD)
+        valid_ids = {pid for pid, k in fold_of.items() if k == fold}
+    split = Split(
+        [r for r in records if r.person_id not in valid_ids], [r for r in records if r.person_id in valid_ids]
+    )
+    if not split.train or not split.valid:
+        raise UserError(
+            f"the split leaves {len(split.train)} training and {len(split.valid)} validation images; "
+            "check --data-dir (too few persons?) and --folds/--val-ratio"
+        )
+    return split
+
+
 def read_folds(path: str | os.PathLike) -> dict[str, int]:
     """Person id -> fold from a folds.csv written by this script."""
     path = Path(path)
@@ -622,152 +665,25 @@ def load_image(path: str | os.PathLike, target_size: tuple[int, int] | None = No
     decoded at a reduced DCT scale (PIL draft), still at least 2x the target so the antialiased
     resize that follows keeps its quality. Unreadable files raise UserError naming the path.
     """
+    from torchvision.transforms.v2 import functional as TF
+
     return TF.pil_to_tensor(utils.open_rgb(path, None if target_size is None else _size(target_size)))
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The one resize used everywhere (cache, train, eval): bilinear, antialiased, exact (H, W)."""
+    from torchvision.transforms.v2 import functional as TF
+
     return TF.resize(image, list(_size(size)), antialias=True)
-
-
-# Luma weights of torchvision's rgb_to_grayscale, used by its contrast and saturation adjustments.
-_GRAY = (0.2989, 0.587, 0.114)
-
-
-class Augment:
-    """Training augmentation of a whole uint8 batch at once -> normalised float32, same (H, W).
-
-    Per image: horizontal flip, colour jitter (brightness, contrast, saturation: torchvision's
-    formulas, in that fixed order, clamped once at the end), and a small random affine (rotation,
-    translation, scale; nearest sampling like v2.RandomAffine's default, outside filled with the mean
-    colour). Each image's draw comes from its own ``seed``, so a batch's result does not depend on
-    which worker built it or what ran before, and a resumed run replays the same epochs.
-
-    Why batched: the whole batch is a handful of tensor ops (one per-image 3x3 colour matrix that
-    also does the scaling and normalisation, one grid_sample), where torchvision's per-image
-    transforms spent most of their time dispatching small ops (bench/loader_speed.py).
-    """
-
-    N_PARAMS = 8  # flip, brightness, contrast, saturation, angle, scale, dx, dy
-
-    def __init__(
-        self,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        hflip: float = 0.5,
-        jitter: float = 0.1,
-        degrees: float = 5.0,
-        translate: float = 0.05,
-        scale: float = 0.05,
-    ):
-        for name, value in (("hflip", hflip), ("jitter", jitter), ("translate", translate), ("scale", scale)):
-            if not 0 <= value <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
-        if not 0 <= degrees <= 180:
-            raise ValueError(f"degrees must be in [0, 180], got {degrees}")
-        self.mean = torch.tensor(mean, dtype=torch.float32)
-        self.std = torch.tensor(std, dtype=torch.float32)
-        if self.mean.shape != (3,) or self.std.shape != (3,) or bool((self.std <= 0).any()):
-            raise ValueError(f"mean and std need 3 values each, std > 0 (got {mean}, {std})")
-        self.hflip, self.jitter = float(hflip), float(jitter)
-        self.degrees, self.translate, self.scale = float(degrees), float(translate), float(scale)
-        self._buffers: dict[tuple, torch.Tensor] = {}
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_buffers": {}}  # scratch space is per process, not worth pickling
-
-    def __repr__(self) -> str:
-        return (
-            f"Augment(hflip={self.hflip}, jitter={self.jitter}, degrees={self.degrees}, "
-            f"translate={self.translate}, scale={self.scale})"
-        )
-
-    @property
-    def geometric(self) -> bool:
-        return self.hflip > 0 or self.degrees > 0 or self.translate > 0 or self.scale > 0
-
-    def params(self, seeds: Sequence[int]) -> torch.Tensor:
-        """(B, 8) uniform [0, 1) draws on the CPU, row i from ``seeds[i]`` alone."""
-        rows = [torch.rand(self.N_PARAMS, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-        return torch.stack(rows) if rows else torch.empty(0, self.N_PARAMS)
-
-    def _buffer(self, name: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        # Reused scratch tensors: on CPU a fresh multi-MB tensor per batch costs page faults comparable to the work.
-        key = (name, shape, device)
-        if key not in self._buffers:
-            self._buffers = {k: v for k, v in self._buffers.items() if k[0] != name}
-            self._buffers[key] = torch.empty(shape, dtype=torch.float32, device=device)
-        return self._buffers[key]
-
-    def colour_matrix(self, mean_rgb: torch.Tensor | None, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per image (3x3 matrix, offset) taking 0..255 RGB to jittered, normalised RGB.
-
-        ``mean_rgb``: (B, 3) mean 0..255 colour of each image (needed by contrast; None without jitter).
-        """
-        b, device = len(p), p.device
-        lo, width = 1 - self.jitter, 2 * self.jitter
-        bright, contrast, sat = (lo + width * p[:, k] for k in (1, 2, 3))
-        gray = torch.tensor(_GRAY, device=device)
-        mean, std = self.mean.to(device), self.std.to(device)
-        # contrast blends with the mean gray level of the (brightened) image: b * mean(gray(x))
-        mean_gray = (mean_rgb @ gray) / 255 if mean_rgb is not None else torch.zeros(b, device=device)
-        # saturation: s * I + (1 - s) * 1 gray^T; its rows sum to 1, so it leaves the contrast offset alone
-        sat_m = sat.view(b, 1, 1) * torch.eye(3, device=device) + (1 - sat).view(b, 1, 1) * gray.view(1, 1, 3)
-        matrix = sat_m * (contrast * bright / 255).view(b, 1, 1) / std.view(1, 3, 1)
-        offset = (((1 - contrast) * bright * mean_gray).view(b, 1) - mean) / std
-        return matrix, offset
-
-    def grid(self, p: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """(B, H, W, 2) sampling grid (grid_sample's normalised coordinates) of each image's flip + affine."""
-        b, (h, w), device = len(p), size, p.device
-        flip = torch.where(p[:, 0] < self.hflip, -1.0, 1.0)
-        angle = torch.deg2rad((2 * p[:, 4] - 1) * self.degrees)
-        zoom = 1 + (2 * p[:, 5] - 1) * self.scale
-        dx, dy = (2 * p[:, 6] - 1) * 2 * self.translate, (2 * p[:, 7] - 1) * 2 * self.translate  # normalised units
-        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-        # output -> input: undo the translation, then the rotation and zoom (in pixel units, hence the
-        # aspect ratios), then the flip
-        xs = ((torch.arange(w, device=device) * 2 + 1) / w - 1).view(1, 1, w)
-        ys = ((torch.arange(h, device=device) * 2 + 1) / h - 1).view(1, h, 1)
-        ax, bx = (flip * cos).view(b, 1, 1), (flip * sin * h / w).view(b, 1, 1)
-        cx = (-flip * (cos * dx + sin * dy * h / w)).view(b, 1, 1)
-        ay, by = (-sin * w / h).view(b, 1, 1), cos.view(b, 1, 1)
-        cy = (sin * dx * w / h - cos * dy).view(b, 1, 1)
-        grid = self._buffer("grid", (b, h, w, 2), device)
-        torch.add(ax * xs, bx * ys + cx, out=grid[..., 0])
-        torch.add(ay * xs, by * ys + cy, out=grid[..., 1])
-        return grid
-
-    def __call__(self, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
-        """``images``: uint8 (B, 3, H, W) on any device; the result is float32 on the same device."""
-        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"need a uint8 (B, 3, H, W) batch, got {tuple(images.shape)} {images.dtype}")
-        if len(seeds) != len(images):
-            raise ValueError(f"need one seed per image: {len(seeds)} seeds for {len(images)} images")
-        b, _, h, w = images.shape
-        device = images.device
-        p = self.params(seeds).to(device)
-        source = self._buffer("source", tuple(images.shape), device).copy_(images)
-        matrix, offset = self.colour_matrix(source.mean(dim=(2, 3)) if self.jitter > 0 else None, p)
-        out = self._buffer("colour", tuple(images.shape), device) if self.geometric else torch.empty_like(source)
-        lo, hi = -self.mean / self.std, (1 - self.mean) / self.std
-        for c in range(3):  # out_c = clamp(sum_k M[c, k] * x_k + o_c): jitter, scaling and normalisation at once
-            plane = torch.mul(source[:, 0], matrix[:, c, 0].view(b, 1, 1), out=out[:, c])
-            plane.addcmul_(source[:, 1], matrix[:, c, 1].view(b, 1, 1))
-            plane.addcmul_(source[:, 2], matrix[:, c, 2].view(b, 1, 1))
-            plane.add_(offset[:, c].view(b, 1, 1)).clamp_(float(lo[c]), float(hi[c]))
-        if not self.geometric:
-            return out
-        # zero padding in normalised space = the mean colour outside the image
-        return torch.nn.functional.grid_sample(
-            out, self.grid(p, (h, w)), mode="nearest", padding_mode="zeros", align_corners=False
-        )
 
 
 def eval_transform(
     size: tuple[int, int], mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> v2.Compose:
     """Resize (same antialiased resize as training), scale to float, normalise."""
+    import torch
+    from torchvision.transforms import v2
+
     return v2.Compose(
         [
             v2.Resize(list(_size(size)), antialias=True),
@@ -805,6 +721,7 @@ class ImageCache:
         progress: bool = True,
         log: Callable[[str], None] | None = print,
     ):
+        import torch
         from tqdm import tqdm
 
         self.size = _size(size)
@@ -865,6 +782,8 @@ class ImageCache:
 
     def stack(self, paths: Sequence) -> torch.Tensor | None:
         """The cached images of ``paths`` as one new uint8 (B, 3, H, W) tensor (one gather); None if any is missing."""
+        import torch
+
         rows = [self.index.get(str(p)) for p in paths]
         if any(i is None for i in rows):
             return None
@@ -907,13 +826,17 @@ class _ImageSource:
         batch = self.cache.stack(paths) if self.cache is not None else None
         if batch is not None:
             return batch
+        import torch
+
         out = torch.empty((len(paths), 3, *self.size), dtype=torch.uint8)
         for i, path in enumerate(paths):
             out[i] = resize_image(self._fetch(path), self.size)
         return out
 
 
-class TrainDataset(torch.utils.data.Dataset):
+# The datasets are map-style (__getitem__ and __len__ are all DataLoader asks for); they do not subclass
+# torch.utils.data.Dataset so that importing this file does not import torch.
+class TrainDataset:
     """(image, 18-class label) for image records; ``transform=None`` gives the resized uint8 image."""
 
     def __init__(
@@ -937,11 +860,13 @@ class TrainDataset(torch.utils.data.Dataset):
 
     def stack(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(uint8 (B, 3, H, W) resized images, int64 labels) of ``indices``, ignoring the transform."""
+        import torch
+
         images = self._source.stack([self.records[i].path for i in indices])
         return images, torch.as_tensor(self.labels[list(indices)], dtype=torch.long)
 
 
-class EvalDataset(torch.utils.data.Dataset):
+class EvalDataset:
     """(image, index) for image paths (e.g. read_eval_table's, in submission order)."""
 
     def __init__(

@@ -365,12 +365,54 @@ def check_same_split(members: list[dict], names: list[str]) -> None:
 
 
 def oof_ensemble(members: list[Path], mode: str, weights: Sequence[float] | None, report_path: Path) -> dict:
+    """Combine the members fold by fold, score each fold and all of them, write and print the report."""
     names = member_names(members)
     loaded = [load_oof_member(r) for r in members]
     check_same_split(loaded, names)
     w = _check_votes(np.zeros((len(members), 1, 1)), weights)[1]
+    fold_rows, all_true, all_pred = [], [], []
+    groups: dict[str, dict[str, list]] = {}  # model group -> its folds' labels, true labels and predictions
+    for k, idx in enumerate(fold_members(loaded, names)):
+        y_true, pred, single = combine_fold(loaded, names, idx, mode, w)
+        number = _fold_number(loaded, idx)
+        label = f"fold{number}" if number is not None else f"rows{k}"
+        members_of = [names[i] for i in idx]
+        fold_rows.append({"fold": label, "n": len(y_true), "members": members_of, **metrics_of(y_true, pred)})
+        all_true.append(y_true)
+        all_pred.append(pred)
+        for i, preds in zip(idx, single):
+            group = groups.setdefault(model_group(names[i]), {"folds": [], "true": [], "pred": []})
+            if label in group["folds"]:
+                raise UserError(
+                    f"model group {model_group(names[i])} has two members for {label}; pick one with --runs"
+                )
+            group["folds"].append(label)
+            group["true"].append(y_true)
+            group["pred"].append(preds)
+    y_true, y_pred = np.concatenate(all_true), np.concatenate(all_pred)
+    report = {
+        "mode": mode,
+        "members": [{"run": n, "weight": float(wi), "fold": m["fold"]} for n, wi, m in zip(names, w, loaded)],
+        "folds": fold_rows,
+        "overall": {"n": len(y_true), **metrics_of(y_true, y_pred)},
+        "single_models": [
+            {
+                "group": g,
+                "folds": parts["folds"],
+                "n": int(sum(len(t) for t in parts["true"])),
+                **metrics_of(np.concatenate(parts["true"]), np.concatenate(parts["pred"])),
+            }
+            for g, parts in groups.items()
+        ],
+    }
+    atomic_write_json(report_path, report)
+    print_oof_report(report, report_path)
+    return report
 
-    # Members with exactly the same validation rows are one fold; different folds must not overlap.
+
+def fold_members(loaded: list[dict], names: list[str]) -> list[list[int]]:
+    """The members of each fold (indices), in fold order: members with exactly the same validation rows are
+    one fold (same fold, different models); different folds must not overlap."""
     folds: dict[frozenset, list[int]] = {}
     for i, m in enumerate(loaded):
         folds.setdefault(frozenset(m["rels"]), []).append(i)
@@ -384,69 +426,36 @@ def oof_ensemble(members: list[Path], mode: str, weights: Sequence[float] | None
                     "the same fold: different fold split (folds/seed/old threshold/data); leave one out with --runs"
                 )
 
-    def fold_number(rels: frozenset) -> int | None:
-        """The fold index every member of this row set agrees on (from summary/config.json), else None."""
-        fold_ids = {loaded[i]["fold"] for i in folds[rels]}
-        return fold_ids.pop() if len(fold_ids) == 1 else None
+    def order(idx: list[int]) -> tuple:
+        number = _fold_number(loaded, idx)
+        return (number is None, number or 0, idx[0])
 
-    def fold_sort_key(rels: frozenset) -> tuple:
-        number = fold_number(rels)
-        return (number is None, number or 0, folds[rels][0])
+    return sorted(folds.values(), key=order)
 
-    fold_rows, all_true, all_pred = [], [], []
-    group_true: dict[str, list] = {}
-    group_pred: dict[str, list] = {}
-    group_folds: dict[str, list] = {}
-    for k, rels in enumerate(sorted(fold_sets, key=fold_sort_key)):
-        idx = folds[rels]
-        ref = loaded[idx[0]]
-        order = ref["rels"]
-        stacked, single = [], []
-        for i in idx:
-            pos = {r: j for j, r in enumerate(loaded[i]["rels"])}
-            take = np.array([pos[r] for r in order])
-            if not np.array_equal(loaded[i]["labels"][take], ref["labels"]):
-                raise UserError(
-                    f"members {names[idx[0]]} and {names[i]} disagree on the labels of the same validation rows "
-                    "(different label fixes?); retrain them with the same label_fixes.csv"
-                )
-            stacked.append(loaded[i]["probs"][take])
-            single.append(loaded[i]["preds"][take])
-        pred, _ = combine(np.stack(stacked), mode, w[idx])
-        number = fold_number(rels)
-        label = f"fold{number}" if number is not None else f"rows{k}"
-        fold_rows.append(
-            {"fold": label, "n": len(order), "members": [names[i] for i in idx], **metrics_of(ref["labels"], pred)}
-        )
-        all_true.append(ref["labels"])
-        all_pred.append(pred)
-        for i, preds in zip(idx, single):
-            group = model_group(names[i])
-            if label in group_folds.get(group, []):
-                raise UserError(f"model group {group} has two members for {label}; pick one with --runs")
-            group_folds.setdefault(group, []).append(label)
-            group_true.setdefault(group, []).append(ref["labels"])
-            group_pred.setdefault(group, []).append(preds)
 
-    y_true, y_pred = np.concatenate(all_true), np.concatenate(all_pred)
-    report = {
-        "mode": mode,
-        "members": [{"run": n, "weight": float(wi), "fold": m["fold"]} for n, wi, m in zip(names, w, loaded)],
-        "folds": fold_rows,
-        "overall": {"n": len(y_true), **metrics_of(y_true, y_pred)},
-        "single_models": [
-            {
-                "group": g,
-                "folds": group_folds[g],
-                "n": int(sum(len(t) for t in group_true[g])),
-                **metrics_of(np.concatenate(group_true[g]), np.concatenate(group_pred[g])),
-            }
-            for g in group_true
-        ],
-    }
-    atomic_write_json(report_path, report)
-    print_oof_report(report, report_path)
-    return report
+def _fold_number(loaded: list[dict], idx: list[int]) -> int | None:
+    """The fold index every member of one fold agrees on (from summary/config.json), else None."""
+    fold_ids = {loaded[i]["fold"] for i in idx}
+    return fold_ids.pop() if len(fold_ids) == 1 else None
+
+
+def combine_fold(loaded: list[dict], names: list[str], idx: list[int], mode: str, w: np.ndarray) -> tuple:
+    """(true labels, ensemble prediction, each member's own prediction) of one fold, in its first member's row order."""
+    ref = loaded[idx[0]]
+    order = ref["rels"]
+    stacked, single = [], []
+    for i in idx:
+        pos = {r: j for j, r in enumerate(loaded[i]["rels"])}
+        take = np.array([pos[r] for r in order])
+        if not np.array_equal(loaded[i]["labels"][take], ref["labels"]):
+            raise UserError(
+                f"members {names[idx[0]]} and {names[i]} disagree on the labels of the same validation rows "
+                "(different label fixes?); retrain them with the same label_fixes.csv"
+            )
+        stacked.append(loaded[i]["probs"][take])
+        single.append(loaded[i]["preds"][take])
+    pred, _ = combine(np.stack(stacked), mode, w[idx])
+    return ref["labels"], pred, single
 
 
 def print_oof_report(report: dict, path: Path) -> None:

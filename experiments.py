@@ -6,8 +6,8 @@ Finds every run directory under --runs (a folder holding config.json, as train.p
 runs show up as <name>/fold0, <name>/fold1, ...) and prints a markdown table, ready to paste into notes:
 one row per run with the arguments that differ between the listed runs (the others once, as
 "common: k=v, ..."), best validation macro F1 / accuracy / per-task F1, best epoch, duration, training
-speed and the eval F1 of an inference run that was given the answers. Crashed, killed, still-running
-and unreadable runs are shown as such instead of breaking the table.
+speed and the eval F1 of an inference run that was given the answers. Crashed, killed, interrupted,
+still-running and unreadable runs are shown as such instead of breaking the table.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ TRAILING_COLUMNS = (*METRIC_COLUMNS, "best_epoch", "duration", "images_per_s", "
 DESCENDING_COLUMNS = frozenset({*METRIC_COLUMNS, "images_per_s", "eval_f1"})
 # Left out of the markdown table when no listed run has a value (the CSV keeps a stable header).
 OPTIONAL_COLUMNS = ("eval_f1", "note")
-STATUSES = ("finished", "running", "stale/killed", "failed", "unreadable")
+STATUSES = ("finished", "running", "stale/killed", "interrupted", "failed", "unreadable")
 NOTE_WIDTH = 80  # a traceback's last line can be long; the CSV keeps the full text
 
 # summary.json "best" key -> table column
@@ -197,22 +197,40 @@ def read_run(run_dir: Path, name: str, now: float, stale_after_s: float = STALE_
     summary = _load_json(run_dir / "summary.json", problems) if (run_dir / "summary.json").exists() else None
     log = _load_log(run_dir / "log.csv", problems) if (run_dir / "log.csv").exists() else []
     run["curve"] = [(int(r["epoch"]), r["valid_f1"]) for r in log if r.get("valid_f1") is not None]
+    _fill_best(run, summary, log)
+    summary = summary or {}
+    seconds = _fill_progress(run, summary, log)
+    if (run_dir / "eval_meta.json").exists():
+        meta = _load_json(run_dir / "eval_meta.json", problems)
+        metrics = meta.get("metrics") if meta else None
+        if isinstance(metrics, dict):
+            run["eval_f1"] = _number(metrics.get("f1"))
 
+    # Long epochs only touch log.csv/summary.json once per epoch: give them time before calling them dead.
+    idle = now - _last_activity(run_dir)
+    active = idle < max(stale_after_s, 2 * max(seconds, default=0.0))
+    run["status"], run["note"] = run_status(summary, problems, active, idle, run["epochs_run"])
+    return run
+
+
+def _fill_best(run: dict[str, Any], summary: dict | None, log: list[dict]) -> None:
+    """The best epoch's metrics: from summary.json, else (no best there yet: crashed early) from log.csv."""
     best = summary.get("best") if summary else None
     if isinstance(best, dict) and _number(best.get("f1")) is not None:
         for key, column in _BEST_KEYS.items():
             run[column] = _number(best.get(key))
         run["best_epoch"] = _int(summary.get("best_epoch"))
     elif run["curve"]:
-        # No best in the summary yet (or no summary): the log still knows the best epoch so far.
         best_row = max((r for r in log if r.get("valid_f1") is not None), key=lambda r: r["valid_f1"])
         for key, column in _LOG_KEYS.items():
             run[column] = best_row.get(key)
         run["best_epoch"] = int(best_row["epoch"])
 
+
+def _fill_progress(run: dict[str, Any], summary: dict, log: list[dict]) -> list[float]:
+    """Start, duration, images/s and epochs from summary.json, else from log.csv; returns the epochs' seconds."""
     seconds = [r["seconds"] for r in log if r.get("seconds") is not None]
     speeds = [r["images_per_s"] for r in log if r.get("images_per_s") is not None]
-    summary = summary or {}
     run["start"] = run["start"] or _format_start(summary.get("start_time"))
     run["duration"] = _number(summary.get("duration_s"))
     if run["duration"] is None and seconds:
@@ -223,36 +241,26 @@ def read_run(run_dir: Path, name: str, now: float, stale_after_s: float = STALE_
     run["epochs_run"] = _int(summary.get("epochs_run"))
     if run["epochs_run"] is None:
         run["epochs_run"] = len(log)
+    return seconds
 
-    if (run_dir / "eval_meta.json").exists():
-        meta = _load_json(run_dir / "eval_meta.json", problems)
-        metrics = meta.get("metrics") if meta else None
-        if isinstance(metrics, dict):
-            run["eval_f1"] = _number(metrics.get("f1"))
 
-    # Long epochs only touch log.csv/summary.json once per epoch: give them time before calling them dead.
-    idle = now - _last_activity(run_dir)
-    active = idle < max(stale_after_s, 2 * max(seconds, default=0.0))
+def run_status(summary: dict, problems: list[str], active: bool, idle: float, epochs_run: int) -> tuple:
+    """(status, note) of a run: unreadable files, no summary yet, running / stale, failed, finished."""
     state = summary.get("status")
     if problems:
-        run["status"], run["note"] = "unreadable", "; ".join(problems)
-    elif not summary:
-        run["status"] = "running" if active else "failed"
-        run["note"] = "starting" if active else "no summary.json: crashed before it was written"
-    elif state == "running":
-        run["status"] = "running" if active else "stale/killed"
-        run["note"] = (
-            f"{run['epochs_run']} epoch(s) so far" if active else f"no update for {format_duration(idle)}; killed?"
-        )
-    elif state == "failed":
-        run["status"] = "failed"
+        return "unreadable", "; ".join(problems)
+    if not summary:
+        return ("running", "starting") if active else ("failed", "no summary.json: crashed before it was written")
+    if state == "running":
+        if active:
+            return "running", f"{epochs_run} epoch(s) so far"
+        return "stale/killed", f"no update for {format_duration(idle)}; killed?"
+    if state in ("failed", "interrupted"):  # interrupted: Ctrl-C, SIGTERM or a full disk; --resume continues it
         lines = str(summary.get("error") or "").strip().splitlines()
-        run["note"] = lines[-1] if lines else None  # a traceback's last line names the exception
-    elif state == "finished":
-        run["status"] = "finished"
-    else:
-        run["status"], run["note"] = "unreadable", f"summary.json has unknown status {state!r}"
-    return run
+        return state, lines[-1] if lines else None  # a traceback's last line names the exception
+    if state == "finished":
+        return "finished", None
+    return "unreadable", f"summary.json has unknown status {state!r}"
 
 
 def collect_runs(root: str | os.PathLike, now: float | None = None, stale_after_s: float = STALE_AFTER_S) -> list[dict]:

@@ -9,6 +9,9 @@ Adding a backbone is one decorated function (any timm name also works without re
     @register_model("ConvNeXtT")
     def convnext_t(**kw): return timm_backbone("convnext_tiny", **kw)
 
+timm and torch are imported when a model is built, not with this file: listing the registered names
+(``train.py --help``) stays instant. The multi head's nn.Module is in modules.py.
+
 Weights: ``pretrained=True`` loads timm's hub weights (from the local cache when they are there, with no
 network access); when they cannot be downloaded, a one-line ``UserError`` names ``--no-pretrained`` and
 ``--weights PATH``. ``weights=PATH`` loads a local backbone file (a timm state_dict saved as ``.pth`` or
@@ -24,22 +27,21 @@ import threading
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-import timm
-import torch
-from torch import nn
-
+from dataset import HEAD_SIZES, NUM_CLASSES  # the label layout: class = mask*6 + gender*3 + age
 from registry import Registry, UnknownNameError
 from utils import UserError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 MODELS = Registry("model")
 register_model = MODELS.register
 
 HEADS = ("single", "multi")
-NUM_CLASSES = 18
-HEAD_SIZES = (3, 2, 3)  # mask, gender, age logits of the multi head; same as dataset.HEAD_SIZES
-HEAD_NAMES = ("mask", "gender", "age")
 TIMM_PREFIX = "timm:"
 # Seconds to wait for the weights host before declaring it unreachable. huggingface_hub itself retries a
 # failed connection 5 times with back-off (about 25 s per file, two files: ~50 s) before giving up.
@@ -133,6 +135,8 @@ def resolve_model_name(name: str) -> str:
     """
     if name in MODELS:
         return MODELS.canonical(name)
+    import timm
+
     timm_name = name[len(TIMM_PREFIX) :] if name.lower().startswith(TIMM_PREFIX) else name
     for candidate in dict.fromkeys((timm_name, timm_name.lower())):
         if candidate and timm.is_model(candidate):
@@ -145,6 +149,8 @@ def resolve_model_name(name: str) -> str:
 
 
 def _check_pretrained_tag(timm_name: str) -> None:
+    import timm
+
     try:
         timm.models.get_pretrained_cfg(timm_name)
     except RuntimeError:  # timm's answer to "resnet18.no_such_tag"
@@ -185,6 +191,8 @@ def create_model(
         model = build(num_classes=NUM_CLASSES, pretrained=pretrained, weights=weights, **kw)
     else:
         # num_classes=0 makes the timm model return pooled features; the dropout lives in our heads.
+        from modules import MultiHeadNet
+
         backbone = build(num_classes=0, pretrained=pretrained, weights=weights, **kw)
         model = MultiHeadNet(backbone, drop_rate=drop_rate or 0.0)
     model.head_type = head
@@ -192,32 +200,12 @@ def create_model(
     return model
 
 
-class MultiHeadNet(nn.Module):
-    """One backbone, three linear heads (mask 3, gender 2, age 3); forward gives their (N, 8) logits concatenated."""
-
-    def __init__(self, backbone: nn.Module, drop_rate: float = 0.0):
-        super().__init__()
-        self.backbone = backbone
-        # Some timm models (e.g. MobileNetV3) add a hidden layer after pooling: its width is what they return.
-        width = getattr(backbone, "head_hidden_size", None) or backbone.num_features
-        self.heads = nn.ModuleDict(
-            {
-                name: nn.Sequential(nn.Dropout(drop_rate), nn.Linear(width, size))
-                for name, size in zip(HEAD_NAMES, HEAD_SIZES)
-            }
-        )
-        # timm.data.resolve_model_data_config reads this (mean/std/input size of the backbone's weights).
-        self.pretrained_cfg = dict(getattr(backbone, "pretrained_cfg", {}) or {})
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.backbone(x)
-        return torch.cat([head(features) for head in self.heads.values()], dim=1)
-
-
 def split_multi_logits(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(N, 8) multi-head logits -> (mask (N,3), gender (N,2), age (N,3))."""
     if logits.ndim != 2 or logits.shape[1] != sum(HEAD_SIZES):
         raise ValueError(f"multi-head logits must have shape (N, {sum(HEAD_SIZES)}), got {tuple(logits.shape)}")
+    import torch
+
     mask, gender, age = torch.split(logits, HEAD_SIZES, dim=1)
     return mask, gender, age
 
@@ -231,6 +219,8 @@ def logits_to_probs(logits: torch.Tensor, head: str) -> torch.Tensor:
     if head == "single":
         return logits.softmax(dim=1)
     if head == "multi":
+        import torch
+
         mask, gender, age = (part.softmax(dim=1) for part in split_multi_logits(logits))
         return torch.einsum("nm,ng,na->nmga", mask, gender, age).reshape(len(logits), NUM_CLASSES)
     raise ValueError(f"unknown head {head!r}; use one of: {', '.join(HEADS)}")
@@ -241,6 +231,8 @@ def timm_backbone(
     timm_name: str, pretrained: bool = True, weights: str | os.PathLike | None = None, **kwargs
 ) -> nn.Module:
     """``timm.create_model`` whose weight problems are one-line ``UserError``s (see the module docstring)."""
+    import timm
+
     if weights is not None:
         return _with_local_weights(timm_name, Path(weights), kwargs)
     if not pretrained:
@@ -249,6 +241,8 @@ def timm_backbone(
 
 
 def _with_local_weights(timm_name: str, path: Path, kwargs: dict) -> nn.Module:
+    import timm
+
     if not path.is_file():
         raise UserError(f"weights file {path} not found; pass an existing .pth/.safetensors backbone file to --weights")
     try:
@@ -285,6 +279,8 @@ def _with_local_weights(timm_name: str, path: Path, kwargs: dict) -> nn.Module:
 
 
 def _with_hub_weights(timm_name: str, kwargs: dict) -> nn.Module:
+    import timm
+
     cfg = timm.models.get_pretrained_cfg(timm_name)
     source = _weights_source(cfg)
     if source is None:
@@ -323,6 +319,8 @@ def _weights_source(cfg) -> tuple[str, str] | None:
 def _cached_weights(cfg, kind: str, where: str) -> Path | None:
     """The weights file of timm's default source if a previous download left it in the local cache."""
     if kind == "url":
+        import torch
+
         path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(where).path)
         return path if path.is_file() else None
     try:

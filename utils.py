@@ -14,9 +14,11 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,9 +26,30 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+INTERRUPTED = "interrupted; files already written are complete (rerun to resume)"
+
 
 class UserError(Exception):
     """A problem the user can fix; scripts print it as one line (no traceback) and exit 2."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (exit 130) or SIGTERM (exit 143) with a line saying how to continue; run_main prints it."""
+
+    def __init__(self, message: str = INTERRUPTED, code: int = 130):
+        super().__init__(message)
+        self.code = code
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, a job scheduler's stop, torchrun stopping its workers) end the script like Ctrl-C:
+    an Interrupted exception in the main thread, so files are completed and the exit code is 143."""
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        raise Interrupted(INTERRUPTED.replace("interrupted", "interrupted (SIGTERM)", 1), code=143)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def run_main(main: Callable[[], Any]) -> None:
@@ -41,9 +64,9 @@ def run_main(main: Callable[[], Any]) -> None:
     except (UserError, UnknownNameError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("error: interrupted; files already written are complete (rerun to resume)", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        print(f"error: {e if isinstance(e, Interrupted) else INTERRUPTED}", file=sys.stderr)
+        sys.exit(getattr(e, "code", 130))
     except OSError as e:
         # Disk full, permission denied, missing directory: name the file and the cause.
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
@@ -68,6 +91,9 @@ def exit_without_teardown(code: int | str | None) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code or 0)
+
+
+_IMPORTED = time.perf_counter()
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -127,8 +153,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_text(obj: Any) -> str:
+    """The text atomic_write_json writes for ``obj`` (indented; Paths, numpy values, sets and tuples as JSON)."""
+    return json.dumps(obj, indent=2, default=_json_default) + "\n"
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    atomic_write_text(path, json_text(obj))
 
 
 def atomic_write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -308,6 +339,34 @@ def resolve_device(name: str = "auto"):
         return torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N") from None
+
+
+def amp_dtype(amp: str, device):
+    """The dtype of --amp off/bf16/fp16 on ``device`` (None: fp32), refusing what the device cannot do."""
+    import torch
+
+    if amp == "off":
+        return None
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise UserError("--amp fp16 needs a CUDA GPU; on CPU use --amp bf16 (or no --amp)")
+        return torch.float16
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("this GPU has no bfloat16; use --amp fp16")
+    return torch.bfloat16
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux: from /proc, interpreter start-up included; elsewhere since
+    this file was imported)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _IMPORTED
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

@@ -92,13 +92,15 @@ def project_loader(
 
     ``augment``: dataset.Augment keywords for a lever (e.g. ``{"jitter": 0}``); None = train.py's defaults.
     """
-    import train
+    import sampler
+    from augment import Augment
+    from distributed import DistInfo
 
     image_cache = dataset.ImageCache([r.path for r in records], size, progress=False, log=None) if cache else None
-    split = train.Split(train=list(records), valid=list(records[:1]))
-    loader, _, _ = train.build_loaders(
+    split = dataset.Split(train=list(records), valid=list(records[:1]))
+    loader, _, _ = sampler.build_loaders(
         split, size, mean, std, dataset.DEFAULT_OLD_THRESHOLD, batch_size, batch_size, workers, "none", seed,
-        image_cache, train.DistInfo(), pin_memory=pin, augment=dataset.Augment(mean, std, **(augment or {})),
+        image_cache, DistInfo(), pin_memory=pin, augment=Augment(mean, std, **(augment or {})),
     )  # fmt: skip
     return loader
 
@@ -184,11 +186,11 @@ class PerImageSeeded(Dataset):
 
 def per_image_loader(records, size, mean, std, batch_size: int, workers: int, pin: bool, seed: int = 0):
     """Same sampler, cache and workers as the project loader, but per-image v2 transforms + default collate."""
-    import train
+    from sampler import SeededSampler
 
     cache = dataset.ImageCache([r.path for r in records], size, progress=False, log=None)
     ds = PerImageSeeded(dataset.TrainDataset(records, size, per_image_v2(size, mean, std), cache=cache))
-    sampler = train.SeededSampler(torch.utils.data.RandomSampler(ds, generator=torch.Generator()), seed)
+    sampler = SeededSampler(torch.utils.data.RandomSampler(ds, generator=torch.Generator()), seed)
     return DataLoader(
         ds, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin, drop_last=True,
         persistent_workers=workers > 0,
@@ -199,7 +201,8 @@ def profile(project_records, photo_records, size, mean, std, n: int, batch_size:
     """Per-image ms of each stage of both pipelines (one process, no workers) and their top ops."""
     import torch.profiler as tp
 
-    import train
+    from augment import Augment
+    from sampler import SeededBatches
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as inside a DataLoader worker
@@ -227,9 +230,9 @@ def profile(project_records, photo_records, size, mean, std, n: int, batch_size:
 
     # The project's path works on whole batches: time its stages per batch, reported per image.
     train_ds = dataset.TrainDataset(project_records, size, None, cache=cache)
-    augment = dataset.Augment(mean, std)
+    augment = Augment(mean, std)
     batches = [list(range(i, i + batch_size)) for i in range(0, n - batch_size + 1, batch_size)] or [list(range(n))]
-    seeded = train.SeededBatches(train_ds)
+    seeded = SeededBatches(train_ds)
     stages = [
         ("gather uint8 batch from the cache (index_select)", lambda b: (train_ds.stack(b)[0], b)),
         ("Augment: flip + jitter + affine + normalise, whole batch", lambda x: augment(x[0], x[1])),

@@ -112,17 +112,20 @@ class ProjectLoop:
 
     def __init__(self, net: nn.Module, device: torch.device, v: Variant):
         import loss as losses
+        import optim
         import train
+        import utils
+        from distributed import DistInfo
 
-        self.train, self.device = train, device
+        self.train, self.device, self.info = train, device, DistInfo()
         net.to(device)
         if v.channels_last:
             net.to(memory_format=torch.channels_last)
         self.raw = net
         self.net = torch.compile(net) if v.compile else net
         self.criterion = losses.build_loss("ce", head="single").to(device)
-        self.optimizer = train.build_optimizer(net, "adamw", LR, WEIGHT_DECAY, MOMENTUM)
-        amp_dtype = train.amp_dtype_for(v.amp, device)
+        self.optimizer = optim.build_optimizer(net, "adamw", LR, WEIGHT_DECAY, MOMENTUM)
+        amp_dtype = utils.amp_dtype(v.amp, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         self.cfg = train.StepConfig(device=device, amp_dtype=amp_dtype, channels_last=v.channels_last, head="single")
 
@@ -130,7 +133,7 @@ class ProjectLoop:
         rng = np.random.default_rng(0)
         self.train.train_one_epoch(
             self.net, self.raw, batches, self.criterion, self.optimizer, self.scaler, None, None, rng, self.cfg,
-            self.train.DistInfo(), "bench",
+            self.info, "bench",
         )  # fmt: skip
 
 

@@ -32,6 +32,7 @@ Arguments
   scheduler (lists the valid names) ........ test_unknown_names_and_bad_fold_write_nothing
                                              (subprocess: test_train.py::test_unknown_names_end_with_one_line)
   --fold outside --folds ................... test_unknown_names_and_bad_fold_write_nothing
+  --output-dir inside images/ or crops/ .... test_output_dir_among_the_photos_is_refused
   --resize with one or three numbers ....... test_resize_needs_two_numbers_one_line
   a run name that exists ................... test_interruptions.py::test_existing_run_name_is_never_overwritten,
                                              test_train.py::test_run_dir_is_never_overwritten
@@ -41,6 +42,11 @@ Interruptions (tests/test_interruptions.py)
   crop_faces.py SIGKILLed, rerun ........... test_crop_faces_killed_midway_then_rerun_completes
                                              (xfail until crop_faces.py checks listed crops:
                                              test_crop_faces_redoes_an_empty_crop_listed_in_the_manifest)
+  train.py SIGTERMed or Ctrl-C: one line with
+  --resume, summary "interrupted" .......... test_sigterm_and_ctrl_c_end_in_one_line_and_mark_the_run_interrupted,
+                                             test_sigterm_of_fold_all_names_the_cv_directory,
+                                             test_sigterm_under_torchrun_rank0_marks_the_run
+  --resume of a hand-edited config.json .... test_train.py::test_resume_keeps_a_hand_edited_config_aside
   train.py SIGKILLed, --resume = same
   result as an uninterrupted run ........... test_killed_training_resumes_to_the_same_result,
                                              test_resume_removes_the_killed_process_temp_files
@@ -79,11 +85,14 @@ import pytest
 import torch
 from helpers import make_tiny_dataset
 
+import checkpoint
+import config
 import dataset
 import ensemble
 import inference
 import train
 import utils
+from failures import user_facing_error
 from utils import UserError, run_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -292,6 +301,20 @@ def test_unknown_names_and_bad_fold_write_nothing(tiny, tmp_path, capsys, flag, 
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("inside", ["train/images", "train/crops/x", "eval/images/runs", "eval/crops"])
+def test_output_dir_among_the_photos_is_refused(data_copy, capsys, inside):
+    """crop_faces.py would crop a run's PNGs (its confusion matrix) as photos: refused before anything is written."""
+    before = {p for p in data_copy.rglob("*")}
+    code, _, err = inline(train_main, train_args(data_copy, data_copy / inside), capsys)
+    line = one_line(err)
+    folder = data_copy.resolve() / "/".join(inside.split("/")[:2])
+    assert code == 2 and f"--output-dir {data_copy / inside} is inside {folder}," in line
+    assert "--output-dir runs" in line, "the line names the fix"
+    assert {p for p in data_copy.rglob("*")} == before, "nothing written"
+    # next to the photos (or anywhere else in the data folder) is fine
+    config.check_output_dir(str(data_copy / "train" / "runs"), str(data_copy))
+
+
 @pytest.mark.parametrize("values", [["64"], ["64", "48", "3"]])
 def test_resize_needs_two_numbers_one_line(values, capsys):
     with pytest.raises(SystemExit) as e:
@@ -348,7 +371,7 @@ def test_damaged_checkpoint_is_not_called_malicious(tmp_path, capsys):
     garbage.parent.mkdir()
     garbage.write_bytes(b"not a checkpoint at all")  # the weights-only unpickler: "Unsupported operand 110"
     with pytest.raises(UserError, match="truncated or corrupt") as e:
-        train.load_checkpoint(garbage)
+        checkpoint.load_checkpoint(garbage)
     assert "refusing" not in str(e.value)
     with pytest.raises(UserError, match="cannot read checkpoint .*corrupt") as e:
         inference.load_checkpoint(garbage)
@@ -488,11 +511,9 @@ def test_worker_error_unwrapping_keeps_other_errors():
         '  File "x.py", line 1, in f\n    raise UserError(f"cannot read image {p}")\n'
         "utils.UserError: cannot read image /d/a.jpg: empty file; replace it\n"
     )
-    assert (
-        str(train.user_facing_error(wrapped, Path("/nowhere"))) == "cannot read image /d/a.jpg: empty file; replace it"
-    )
+    assert str(user_facing_error(wrapped, Path("/nowhere"))) == "cannot read image /d/a.jpg: empty file; replace it"
     plain = UserError("something else")
-    assert train.user_facing_error(plain, Path("/nowhere")) is plain
+    assert user_facing_error(plain, Path("/nowhere")) is plain
     bug = RuntimeError("mat1 and mat2 shapes cannot be multiplied")  # a bug keeps its traceback
-    assert train.user_facing_error(bug, Path("/nowhere")) is bug
-    assert isinstance(train.user_facing_error(torch.OutOfMemoryError("CUDA out of memory"), Path("/x")), UserError)
+    assert user_facing_error(bug, Path("/nowhere")) is bug
+    assert isinstance(user_facing_error(torch.OutOfMemoryError("CUDA out of memory"), Path("/x")), UserError)

@@ -1,4 +1,4 @@
-"""Tests for dataset.py: labels, tables and their quirks, label fixes, folds, images, cache, CLI."""
+"""Tests for dataset.py: labels, tables and their quirks, label fixes, folds, images, cache, CLI; augment.Augment."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from helpers import make_tiny_dataset
 from PIL import Image
 
 import dataset as ds
+from augment import Augment
 from utils import UserError, run_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -365,21 +366,21 @@ def test_augment_off_is_the_eval_transform_and_flip_is_exact(tiny):
     _, _, cached = _cached_batch(tiny)
     images, _ = cached.stack(range(4))
     expected = torch.stack([ds.eval_transform(SIZE)(img) for img in images])
-    flat = ds.Augment(hflip=0, jitter=0, degrees=0, translate=0, scale=0)
+    flat = Augment(hflip=0, jitter=0, degrees=0, translate=0, scale=0)
     assert torch.allclose(flat(images, [0, 1, 2, 3]), expected, atol=1e-5)
-    flip = ds.Augment(hflip=1, jitter=0, degrees=0, translate=0, scale=0)
+    flip = Augment(hflip=1, jitter=0, degrees=0, translate=0, scale=0)
     assert torch.allclose(flip(images, [0, 1, 2, 3]), expected.flip(-1), atol=1e-5)
     # strong augmentation, scaled back from normalised values, stays a valid image in [0, 1]
     mean = torch.tensor(ds.IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(ds.IMAGENET_STD).view(1, 3, 1, 1)
-    strong = ds.Augment(jitter=0.9, degrees=30, translate=0.2, scale=0.3)(images, [5, 6, 7, 8]) * std + mean
+    strong = Augment(jitter=0.9, degrees=30, translate=0.2, scale=0.3)(images, [5, 6, 7, 8]) * std + mean
     assert strong.min() >= -1e-5 and strong.max() <= 1 + 1e-5
 
 
 def test_augment_draws_each_image_from_its_own_seed(tiny):
     _, _, cached = _cached_batch(tiny)
     images, _ = cached.stack(range(6))
-    aug = ds.Augment(jitter=0.3, degrees=20, translate=0.1, scale=0.1)
+    aug = Augment(jitter=0.3, degrees=20, translate=0.1, scale=0.1)
     a = aug(images[:4], [10, 11, 12, 13])
     # the same image under the same seed is the same whatever the rest of the batch
     b = aug(images[[5, 1, 4]], [99, 11, 98])
@@ -389,35 +390,35 @@ def test_augment_draws_each_image_from_its_own_seed(tiny):
     p = aug.params([3, 3, 4])
     assert p.shape == (3, aug.N_PARAMS) and torch.equal(p[0], p[1]) and not torch.equal(p[0], p[2])
     # geometry and colour both change pixels: each alone differs from the plain image
-    plain = ds.Augment(hflip=0, jitter=0, degrees=0, translate=0, scale=0)(images[:1], [0])
-    assert not torch.equal(ds.Augment(hflip=0, degrees=0, translate=0, scale=0, jitter=0.5)(images[:1], [1]), plain)
-    assert not torch.equal(ds.Augment(hflip=0, jitter=0, degrees=30)(images[:1], [1]), plain)
+    plain = Augment(hflip=0, jitter=0, degrees=0, translate=0, scale=0)(images[:1], [0])
+    assert not torch.equal(Augment(hflip=0, degrees=0, translate=0, scale=0, jitter=0.5)(images[:1], [1]), plain)
+    assert not torch.equal(Augment(hflip=0, jitter=0, degrees=30)(images[:1], [1]), plain)
 
 
 def test_augment_affine_moves_content_the_right_way():
     # a white column in the left quarter of a black image: a translation moves it, flip mirrors it
     img = torch.zeros(1, 3, 40, 40, dtype=torch.uint8)
     img[..., 8:12] = 255
-    aug = ds.Augment(mean=(0, 0, 0), std=(1, 1, 1), hflip=0, jitter=0, degrees=0, scale=0, translate=0.1)
+    aug = Augment(mean=(0, 0, 0), std=(1, 1, 1), hflip=0, jitter=0, degrees=0, scale=0, translate=0.1)
     p = aug.params([7])
     out = aug(img, [7])[0, 0]
     cols = out.mean(0).nonzero().ravel().float()
     shift_px = ((2 * p[0, 6] - 1) * 0.1 * 40).item()
     assert abs(cols.mean().item() - (9.5 + shift_px)) <= 1.0
-    flipped = ds.Augment(mean=(0, 0, 0), std=(1, 1, 1), hflip=1, jitter=0, degrees=0, scale=0, translate=0)(img, [7])
+    flipped = Augment(mean=(0, 0, 0), std=(1, 1, 1), hflip=1, jitter=0, degrees=0, scale=0, translate=0)(img, [7])
     assert flipped[0, 0, :, 28:32].min() == 1 and flipped[0, 0, :, :28].max() == 0
 
 
 def test_augment_rejects_bad_input_and_pickles_light():
     import pickle
 
-    aug = ds.Augment()
+    aug = Augment()
     with pytest.raises(ValueError, match="uint8"):
         aug(torch.zeros(2, 3, 8, 8), [0, 1])
     with pytest.raises(ValueError, match="one seed per image"):
         aug(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), [0])
     with pytest.raises(ValueError, match="jitter"):
-        ds.Augment(jitter=2)
+        Augment(jitter=2)
     aug(torch.zeros(2, 3, 64, 64, dtype=torch.uint8), [0, 1])
     assert aug._buffers and len(pickle.dumps(aug)) < 4096  # scratch buffers stay behind
     assert "Augment(hflip=0.5" in repr(pickle.loads(pickle.dumps(aug)))

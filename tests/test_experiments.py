@@ -144,6 +144,8 @@ def test_statuses_failed_running_stale_unreadable(tmp_path):
     make_run(tmp_path, "no_summary", status=None, f1s=(0.3,), age_s=hour)  # died before summary.json
     make_run(tmp_path, "busy", status="running", f1s=(0.5,))
     make_run(tmp_path, "killed", status="running", age_s=hour)
+    stopped = "utils.Interrupted: interrupted (SIGTERM); continue with python train.py --resume runs/stopped"
+    make_run(tmp_path, "stopped", status="interrupted", error=stopped, age_s=hour)
     make_run(tmp_path, "broken_json", age_s=hour)
     (tmp_path / "broken_json" / "summary.json").write_text('{"status": "finish')
     make_run(tmp_path, "broken_csv", age_s=hour)
@@ -158,8 +160,10 @@ def test_statuses_failed_running_stale_unreadable(tmp_path):
         "done": "finished",
         "killed": "stale/killed",
         "no_summary": "failed",
+        "stopped": "interrupted",
     }
     assert runs["crashed"]["note"] == "RuntimeError: CUDA out of memory"
+    assert runs["stopped"]["note"] == stopped, "an interrupted run says how to continue it"
     assert "summary.json" in runs["broken_json"]["note"] and "log.csv" in runs["broken_csv"]["note"]
     assert runs["no_summary"]["valid_f1"] == pytest.approx(0.3)  # best so far from log.csv
     assert runs["broken_json"]["valid_f1"] == pytest.approx(0.6)  # what could be read is still shown

@@ -1,4 +1,5 @@
-"""Interruptions: SIGKILL of crop_faces.py and train.py mid-run, a truncated last.pt, a disk filling up mid-run.
+"""Interruptions: SIGKILL of crop_faces.py and train.py mid-run, a truncated last.pt, a disk filling up mid-run;
+SIGTERM and Ctrl-C of train.py (single run, `--fold all`, torchrun).
 
 The scripts run as real subprocesses (cwd an empty folder, one thread each) and are killed with SIGKILL,
 as by a server reset or the OOM killer: nothing gets a chance to clean up. Afterwards every file on disk
@@ -240,6 +241,8 @@ def load(path: Path) -> dict:
 
 def test_killed_training_resumes_to_the_same_result(runs):
     assert runs["results"]["straight"][0] == 0, runs["results"]["straight"][2][-3000:]
+    first_batch = [line for line in runs["results"]["straight"][1].splitlines() if line.startswith("first batch after")]
+    assert len(first_batch) == 1 and "imports" in first_batch[0] and "data" in first_batch[0], first_batch
     code, _, err = runs["results"]["killed"]
     assert code == 0, err[-3000:]
     assert runs["at_kill"]["summary"]["status"] == "running" and runs["at_kill"]["epoch"] < EPOCHS, "killed midway"
@@ -290,7 +293,7 @@ def test_disk_full_while_training_keeps_last_pt(runs):
     assert load(run / "last.pt")["epoch"] == runs["at_kill"]["epoch"], "the last good checkpoint is kept"
     assert temp_files(run) == [], "the failed write leaves no temp file"
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "failed" and "disk may be full" in summary["error"]
+    assert summary["status"] == "interrupted" and "disk may be full" in summary["error"], "--resume continues it"
 
 
 def test_nothing_written_outside_the_named_dirs(runs, tmp_path):
@@ -310,3 +313,82 @@ def test_nothing_written_outside_the_named_dirs(runs, tmp_path):
     ids = [r["ImageID"] for r in read_csv(runs["data"] / "eval" / "info.csv")]
     assert [r["ImageID"] for r in read_csv(run / "submission.csv")] == ids, "every row, in info.csv order"
     assert np.load(run / "eval_probs.npy").shape == (len(ids), 18)
+
+
+# --------------------------------------------------------------------------- train.py: SIGTERM and Ctrl-C
+@pytest.fixture(scope="module")
+def signalled(runs, tmp_path_factory) -> dict:
+    """``runs``' training stopped after epoch 1 by SIGTERM and by Ctrl-C (SIGINT), a `--fold all` run and a
+    2-process torchrun run stopped by SIGTERM (torchrun's, which it passes to its workers); then the SIGTERM
+    one resumed. They run side by side; each is signalled as soon as its first epoch is in log.csv."""
+    root = tmp_path_factory.mktemp("signals")
+    cwd = root / "cwd"
+    cwd.mkdir()
+    data = runs["data"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    procs = {
+        "term": start("train.py", *train_argv(data, root / "term"), cwd=cwd),
+        "int": start("train.py", *train_argv(data, root / "int"), cwd=cwd),
+        "cv": start("train.py", *train_argv(data, root / "cv"), "--fold", "all", cwd=cwd),
+        "ddp": subprocess.Popen(
+            [*torchrun, str(REPO / "train.py"), *train_argv(data, root / "ddp")],
+            cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ),
+    }  # fmt: skip
+    dirs = {name: root / name / "r" for name in procs}
+    logs = {**{name: dirs[name] / "log.csv" for name in procs}, "cv": dirs["cv"] / "fold0" / "log.csv"}
+    signals = {"term": signal.SIGTERM, "int": signal.SIGINT, "cv": signal.SIGTERM, "ddp": signal.SIGTERM}
+    pending, deadline = set(procs), time.monotonic() + 300
+    while pending:
+        for name in sorted(pending):
+            if logs[name].is_file() and len(read_csv(logs[name])) >= 1:
+                procs[name].send_signal(signals[name])
+                pending.discard(name)
+            else:
+                assert procs[name].poll() is None, (
+                    f"{name} ended before its signal:\n{procs[name].stderr.read()[-3000:]}"
+                )
+        assert time.monotonic() < deadline, f"never got far enough to be signalled: {sorted(pending)}"
+        time.sleep(0.01)
+    results = {name: finish(proc) for name, proc in procs.items()}
+    stopped = {name: json.loads((dirs[name] / "summary.json").read_text()) for name in ("term", "int", "ddp")}
+    stopped["cv"] = json.loads((dirs["cv"] / "fold0" / "summary.json").read_text())
+    results["resumed"] = finish(start("train.py", "--resume", str(dirs["term"]), cwd=cwd))
+    return {"dirs": dirs, "results": results, "summaries": stopped}
+
+
+@pytest.mark.parametrize("name, code, how", [("term", 143, "SIGTERM"), ("int", 130, "Ctrl-C")])
+def test_sigterm_and_ctrl_c_end_in_one_line_and_mark_the_run_interrupted(signalled, name, code, how):
+    rc, _, err = signalled["results"][name]
+    run = signalled["dirs"][name]
+    line = last_line(err)
+    assert rc == code and f"interrupted ({how})" in line and f"continue with python train.py --resume {run}" in line
+    summary = signalled["summaries"][name]
+    assert summary["status"] == "interrupted" and how in summary["error"] and summary["end_time"]
+    assert load(run / "last.pt")["epoch"] >= 1 and temp_files(run) == []
+
+
+def test_sigterm_then_resume_gives_the_uninterrupted_result(signalled, runs):
+    code, _, err = signalled["results"]["resumed"]
+    assert code == 0, err[-3000:]
+    a, b = load(runs["straight"] / "last.pt"), load(signalled["dirs"]["term"] / "last.pt")
+    assert a["epoch"] == b["epoch"] == EPOCHS
+    for ra, rb in zip(a["history"], b["history"]):
+        for key in ("lr", "train_loss", "valid_loss", "valid_f1"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-9), key
+    assert json.loads((signalled["dirs"]["term"] / "summary.json").read_text())["status"] == "finished"
+
+
+def test_sigterm_of_fold_all_names_the_cv_directory(signalled):
+    code, _, err = signalled["results"]["cv"]
+    parent = signalled["dirs"]["cv"]
+    line = last_line(err)
+    assert code == 143 and f"continue with python train.py --resume {parent} (finished folds are kept)" in line
+    assert signalled["summaries"]["cv"]["status"] == "interrupted"
+
+
+def test_sigterm_under_torchrun_rank0_marks_the_run(signalled):
+    _, _, err = signalled["results"]["ddp"]
+    run = signalled["dirs"]["ddp"]
+    assert f"interrupted (SIGTERM); the finished epochs are in {run / 'last.pt'}" in err, err[-3000:]
+    assert signalled["summaries"]["ddp"]["status"] == "interrupted" and load(run / "last.pt")["epoch"] >= 1

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
 import loss as L
+import modules
 from registry import UnknownNameError
 from utils import UserError
 
@@ -208,7 +209,7 @@ def test_wrong_number_of_logits():
 # --------------------------------------------------------------------------- multi head
 def test_decode_targets_matches_the_label_layout():
     labels = torch.arange(18)
-    mask, gender, age = L.decode_targets(labels)
+    mask, gender, age = modules.decode_targets(labels)
     assert torch.equal(mask * 6 + gender * 3 + age, labels)
     assert mask.tolist() == [0] * 6 + [1] * 6 + [2] * 6
     assert gender.tolist() == ([0] * 3 + [1] * 3) * 3
@@ -218,7 +219,7 @@ def test_decode_targets_matches_the_label_layout():
 def test_decode_targets_agrees_with_dataset():
     dataset = pytest.importorskip("dataset")
     labels = torch.arange(18)
-    for got, want in zip(L.decode_targets(labels), dataset.decode_label(labels.numpy())):
+    for got, want in zip(modules.decode_targets(labels), dataset.decode_label(labels.numpy())):
         assert got.tolist() == list(want)
 
 
@@ -229,7 +230,7 @@ def test_multi_head_loss_is_weighted_sum_of_head_losses(name):
     target = torch.randint(0, 18, (30,), generator=g)
     head_weights = (2.0, 1.0, 0.5)
     crit = L.build_loss(name, head="multi", head_weights=head_weights)
-    assert isinstance(crit, L.MultiHeadLoss)
+    assert isinstance(crit, modules.MultiHeadLoss)
     mask, gender, age = target // 6, (target // 3) % 2, target % 3
     expected = (
         2.0 * L.create_criterion(name, 3)(logits[:, :3], mask)
@@ -264,7 +265,7 @@ def test_multi_head_ignores_18_class_weights_with_a_warning():
 
 def test_build_loss_single_and_options():
     crit = L.build_loss("focal", gamma=1.5, class_weight=torch.ones(18))
-    assert isinstance(crit, L.FocalLoss) and crit.gamma == 1.5 and crit.num_classes == 18
+    assert isinstance(crit, modules.FocalLoss) and crit.gamma == 1.5 and crit.num_classes == 18
     logits, target = torch.randn(4, 18), torch.tensor([0, 5, 11, 17])
     assert torch.isfinite(crit(logits, target))
     assert L.build_loss("sce", head="multi", alpha=None, beta=2.0).criteria[1].beta == 2.0

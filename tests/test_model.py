@@ -10,6 +10,7 @@ import timm
 import torch
 
 import model as M
+import modules
 from registry import UnknownNameError
 from utils import UserError
 
@@ -78,7 +79,7 @@ def test_every_alias_builds_and_runs(alias, no_network):
 @pytest.mark.parametrize("name", ["ResNet18", "EffB0", f"timm:{SMALL_TIMM}"])
 def test_multi_head_outputs_eight_logits(name):
     model = M.create_model(name, head="multi", pretrained=False, drop_rate=0.25)
-    assert isinstance(model, M.MultiHeadNet) and model.head_type == "multi"
+    assert isinstance(model, modules.MultiHeadNet) and model.head_type == "multi"
     assert [h[1].out_features for h in model.heads.values()] == [3, 2, 3]
     assert all(h[0].p == 0.25 for h in model.heads.values())
     out = forward(model)

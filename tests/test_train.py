@@ -24,8 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from helpers import make_tiny_dataset  # noqa: E402
 
+import artifacts  # noqa: E402
+import augment  # noqa: E402
+import checkpoint  # noqa: E402
+import config  # noqa: E402
 import dataset  # noqa: E402
+import optim  # noqa: E402
+import sampler  # noqa: E402
 import train  # noqa: E402
+from distributed import DistInfo  # noqa: E402
 from registry import UnknownNameError  # noqa: E402
 from utils import UserError  # noqa: E402
 
@@ -98,13 +105,13 @@ def _epoch(loader, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def test_training_loader_is_the_same_whatever_the_workers_and_cache(data_dir):
     records = dataset.build_image_table(data_dir, log=None)
-    split = train.Split(train=records[:40], valid=records[40:48])
+    split = dataset.Split(train=records[:40], valid=records[40:48])
     size, mean, std = (24, 20), dataset.IMAGENET_MEAN, dataset.IMAGENET_STD
     cache = dataset.ImageCache([r.path for r in records[:48]], size, progress=False, log=None)
 
     def loader(workers, image_cache):
-        return train.build_loaders(
-            split, size, mean, std, 60, 16, 16, workers, "none", 3, image_cache, train.DistInfo(), pin_memory=False
+        return sampler.build_loaders(
+            split, size, mean, std, 60, 16, 16, workers, "none", 3, image_cache, DistInfo(), pin_memory=False
         )[0]
 
     reference = _epoch(loader(0, cache), 1)
@@ -136,7 +143,7 @@ def test_cutmix_strip_is_full_height_and_lam_matches_width():
     n, _, h, w = images.shape
     widths = []
     for seed in range(200):
-        mixed, ta, tb, lam = train.cutmix_batch(images, targets, np.random.default_rng(seed), mode="strip")
+        mixed, ta, tb, lam = augment.cutmix_batch(images, targets, np.random.default_rng(seed), mode="strip")
         assert torch.equal(images, original), "the input batch must not be modified"
         assert torch.equal(ta, targets)
         perm = _perm(targets, tb)
@@ -165,7 +172,7 @@ def test_cutmix_box_area_gives_lam():
     n, _, h, w = images.shape
     partial_height = 0
     for seed in range(100):
-        mixed, _, tb, lam = train.cutmix_batch(images, targets, np.random.default_rng(seed), mode="box")
+        mixed, _, tb, lam = augment.cutmix_batch(images, targets, np.random.default_rng(seed), mode="box")
         perm = _perm(targets, tb)
         moved = [i for i in range(n) if perm[i] != i]
         if not moved:
@@ -181,18 +188,18 @@ def test_cutmix_box_area_gives_lam():
 
 def test_mixup_and_mix_batch_branches():
     images, targets = _coded_batch()
-    mixed, ta, tb, lam = train.mixup_batch(images, targets, np.random.default_rng(0), alpha=0.4)
+    mixed, ta, tb, lam = augment.mixup_batch(images, targets, np.random.default_rng(0), alpha=0.4)
     perm = _perm(targets, tb)
     assert 0 < lam < 1
     assert torch.allclose(mixed, lam * images + (1 - lam) * images[perm])
 
-    same, ta, tb, lam = train.mix_batch(images, targets, np.random.default_rng(0), cutmix_p=0.0)
+    same, ta, tb, lam = augment.mix_batch(images, targets, np.random.default_rng(0), cutmix_p=0.0)
     assert same is images and lam == 1.0 and torch.equal(ta, tb)
-    _, _, _, lam = train.mix_batch(images, targets, np.random.default_rng(0), cutmix_p=1.0, cutmix_mode="strip")
+    _, _, _, lam = augment.mix_batch(images, targets, np.random.default_rng(0), cutmix_p=1.0, cutmix_mode="strip")
     assert lam <= 1.0
     # same generator seed -> same mix (training reproducibility rests on this)
-    a = train.mix_batch(images, targets, np.random.default_rng(5), cutmix_p=0.5, mixup_alpha=0.2)
-    b = train.mix_batch(images, targets, np.random.default_rng(5), cutmix_p=0.5, mixup_alpha=0.2)
+    a = augment.mix_batch(images, targets, np.random.default_rng(5), cutmix_p=0.5, mixup_alpha=0.2)
+    b = augment.mix_batch(images, targets, np.random.default_rng(5), cutmix_p=0.5, mixup_alpha=0.2)
     assert torch.equal(a[0], b[0]) and a[3] == b[3]
 
 
@@ -200,24 +207,24 @@ def test_mixed_loss_weights_both_targets():
     logits = torch.randn(4, 18)
     a, b = torch.tensor([0, 1, 2, 3]), torch.tensor([5, 6, 7, 8])
     ce = nn.CrossEntropyLoss()
-    assert torch.allclose(train.mixed_loss(ce, logits, a, b, 0.3), 0.3 * ce(logits, a) + 0.7 * ce(logits, b))
-    assert torch.allclose(train.mixed_loss(ce, logits, a, b, 1.0), ce(logits, a))
+    assert torch.allclose(augment.mixed_loss(ce, logits, a, b, 0.3), 0.3 * ce(logits, a) + 0.7 * ce(logits, b))
+    assert torch.allclose(augment.mixed_loss(ce, logits, a, b, 1.0), ce(logits, a))
 
 
 def test_inverse_frequency_weights():
-    w = train.inverse_frequency(np.array([0, 0, 0, 1]), num_classes=3)
+    w = dataset.inverse_frequency(np.array([0, 0, 0, 1]), num_classes=3)
     assert w[0] == pytest.approx(4 / (2 * 3)) and w[1] == pytest.approx(4 / (2 * 1)) and w[2] == 1.0
 
 
 # --------------------------------------------------------------------------- optimisers and schedulers
-@pytest.mark.parametrize("optimizer", train.OPTIMIZERS.names())
-@pytest.mark.parametrize("scheduler", train.SCHEDULERS.names())
+@pytest.mark.parametrize("optimizer", optim.OPTIMIZERS.names())
+@pytest.mark.parametrize("scheduler", optim.SCHEDULERS.names())
 def test_each_optimizer_and_scheduler_steps(optimizer, scheduler):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
-    opt = train.build_optimizer(net, optimizer, lr=0.1, weight_decay=0.01, momentum=0.9)
-    spec = train.ScheduleSpec(epochs=3, steps_per_epoch=4, lr=0.1, min_lr=1e-4, step_size=1, gamma=0.5, cycle_epochs=2)
-    sched, when = train.build_scheduler(opt, scheduler, spec)
+    opt = optim.build_optimizer(net, optimizer, lr=0.1, weight_decay=0.01, momentum=0.9)
+    spec = optim.ScheduleSpec(epochs=3, steps_per_epoch=4, lr=0.1, min_lr=1e-4, step_size=1, gamma=0.5, cycle_epochs=2)
+    sched, when = optim.build_scheduler(opt, scheduler, spec)
     assert when == ("batch" if scheduler == "cyclic" else "epoch")
     if scheduler == "cyclic":
         assert sched.cycle_momentum == (optimizer == "sgd")  # never for Adam-family (no momentum to cycle)
@@ -233,15 +240,15 @@ def test_each_optimizer_and_scheduler_steps(optimizer, scheduler):
     elif scheduler == "cyclic":
         assert opt.param_groups[0]["lr"] > lr_before  # rising from min_lr towards lr
     # states round-trip (resume)
-    opt2 = train.build_optimizer(net, optimizer, lr=0.1, weight_decay=0.01, momentum=0.9)
+    opt2 = optim.build_optimizer(net, optimizer, lr=0.1, weight_decay=0.01, momentum=0.9)
     opt2.load_state_dict(opt.state_dict())
     if sched is not None:
-        train.build_scheduler(opt2, scheduler, spec)[0].load_state_dict(sched.state_dict())
+        optim.build_scheduler(opt2, scheduler, spec)[0].load_state_dict(sched.state_dict())
 
 
 def test_norms_and_biases_get_no_weight_decay():
     net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8))
-    opt = train.build_optimizer(net, "adamw", lr=0.1, weight_decay=0.05, momentum=0.9)
+    opt = optim.build_optimizer(net, "adamw", lr=0.1, weight_decay=0.05, momentum=0.9)
     decays = sorted(g["weight_decay"] for g in opt.param_groups)
     assert decays == [0.0, 0.05]
 
@@ -278,11 +285,11 @@ def test_fold_values():
     assert parse(["--fold", "none"]).fold is None
     assert parse(["--fold", "2"]).fold == 2
     with pytest.raises(UserError, match="--fold 7 does not exist"):
-        train.check_args(parse(["--fold", "7"]))
+        config.check_args(parse(["--fold", "7"]))
     with pytest.raises(UnknownNameError, match="sgd, adam, adamw, madgrad"):
-        train.check_args(parse(["--scheduler", "cosine", "--optimizer", "lion"]))
+        config.check_args(parse(["--scheduler", "cosine", "--optimizer", "lion"]))
     with pytest.raises(UnknownNameError, match="step, cosine, cyclic, none"):
-        train.check_args(parse(["--scheduler", "onecycle"]))
+        config.check_args(parse(["--scheduler", "onecycle"]))
 
 
 def test_unknown_names_end_with_one_line(data_dir, tmp_path):
@@ -317,9 +324,13 @@ def test_run_writes_every_artifact(finished_run: Path, data_dir: Path):
     assert summary["status"] == "finished" and summary["epochs_run"] == 4
     assert set(summary["best"]) == {"f1", "acc", "f1_mask", "f1_gender", "f1_age", "loss"}
     assert summary["fold"] == 0 and summary["folds"] == 3 and summary["train_images_per_s"] > 0
+    startup = summary["startup"]  # where the time before the first batch went (issue 14)
+    assert {"first_batch_s", "imports_s", "data_s", "model_and_loaders_s"} <= set(startup)
+    parts = sum(v for k, v in startup.items() if k != "first_batch_s")
+    assert startup["first_batch_s"] == pytest.approx(parts, abs=0.01) and startup["imports_s"] > 0
 
     log = read_csv(finished_run / "log.csv")
-    assert list(log[0]) == list(train.LOG_COLUMNS) and [int(r["epoch"]) for r in log] == [1, 2, 3, 4]
+    assert list(log[0]) == list(artifacts.LOG_COLUMNS) and [int(r["epoch"]) for r in log] == [1, 2, 3, 4]
     best_row = max(log, key=lambda r: float(r["valid_f1"]))
     assert int(best_row["epoch"]) == summary["best_epoch"], "best.pt is chosen by valid macro F1"
 
@@ -367,7 +378,7 @@ def test_model_learns_the_easy_task(finished_run: Path):
 
 
 def test_run_dir_is_never_overwritten(tmp_path):
-    info = train.DistInfo()
+    info = DistInfo()
     first = train.make_run_dir(tmp_path, "x", info)
     second = train.make_run_dir(tmp_path, "x", info)
     assert first.name == "x" and second.name == "x_2"
@@ -418,6 +429,34 @@ def test_resume_continues_exactly(data_dir, tmp_path):
             assert torch.allclose(tensor.float(), b[key][name].float(), rtol=1e-5, atol=1e-7), f"{key}.{name}"
     assert len(read_csv(run_dir / "log.csv")) == 2
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+    assert len(json.loads((run_dir / "config.json").read_text())["resumes"]) == 1
+    assert not list(run_dir.glob("config.edited*")), "train.py's own config.json is updated in place"
+
+
+def test_resume_keeps_a_hand_edited_config_aside(data_dir, tmp_path, capsys):
+    """--resume takes the arguments from last.pt: a config.json edited by hand (even into invalid JSON) is moved
+    aside with a one-line warning, never overwritten, and a new one is written."""
+    run = tmp_path / "e"
+    config = run / "config.json"
+    assert train_run(base_args(data_dir, tmp_path, "--epochs", "3", "--name", "e", "--stop-after", "1"))
+    broken = b'{"args": {"lr": 0.5, '  # an edit that broke the JSON
+    config.write_bytes(broken)
+    capsys.readouterr()
+    assert train_run(["--resume", str(run), "--stop-after", "2"])["status"] == "stopped"
+    (line,) = [w for w in capsys.readouterr().err.splitlines() if w.startswith(f"warning: {config} was edited")]
+    assert "not a valid JSON object" in line and str(run / "config.edited.json") in line and f"--resume {run}" in line
+    assert (run / "config.edited.json").read_bytes() == broken
+    rewritten = json.loads(config.read_text())
+    assert rewritten["args"]["lr"] == 1e-2 and rewritten["args"]["epochs"] == 3
+
+    rewritten["args"]["epochs"] = 9  # a valid edit: not used either, and kept
+    config.write_text(json.dumps(rewritten, indent=2))
+    edit = config.read_bytes()
+    assert train_run(["--resume", str(run)])["status"] == "finished"
+    (line,) = [w for w in capsys.readouterr().err.splitlines() if w.startswith(f"warning: {config} was edited")]
+    assert "not a valid JSON" not in line and str(run / "config.edited_2.json") in line
+    assert (run / "config.edited_2.json").read_bytes() == edit and (run / "config.edited.json").read_bytes() == broken
+    assert len(read_csv(run / "log.csv")) == 3 and json.loads(config.read_text())["args"]["epochs"] == 3
 
 
 def test_resume_of_another_model_is_one_line(finished_run: Path):
@@ -436,15 +475,15 @@ def test_corrupt_last_pt(finished_run: Path, tmp_path, capsys):
     data = (finished_run / "last.pt").read_bytes()
     (run / "last.pt").write_bytes(data[: len(data) // 3])
     with pytest.raises(UserError) as e:
-        train.resolve_resume(str(run / "last.pt"))
+        checkpoint.resolve_resume(str(run / "last.pt"))
     message = str(e.value)
     assert "\n" not in message and str(run / "last.pt") in message and "best.pt" in message
-    path, ckpt = train.resolve_resume(str(run))  # a run directory falls back to best.pt, with a warning
+    path, ckpt = checkpoint.resolve_resume(str(run))  # a run directory falls back to best.pt, with a warning
     assert path == run / "best.pt" and ckpt["format"] == "maskcls-checkpoint"
     assert "warning" in capsys.readouterr().err
     with pytest.raises(UserError, match="not a maskcls checkpoint"):
         torch.save({"weights": 1}, tmp_path / "other.pt")
-        train.resolve_resume(str(tmp_path / "other.pt"))
+        checkpoint.resolve_resume(str(tmp_path / "other.pt"))
 
 
 # --------------------------------------------------------------------------- variants
@@ -499,7 +538,7 @@ def test_fold_all_resumes_fold_by_fold(data_dir, tmp_path):
     assert json.loads((parent / "cv_summary.json").read_text())["n"] == N_PERSONS * 7
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cv"]
     with pytest.raises(UserError, match="--resume DIR of a `--fold all` run"):
-        train.check_args(train.get_args_parser().parse_args(["--resume", str(parent), "--fold", "1"]))
+        config.check_args(train.get_args_parser().parse_args(["--resume", str(parent), "--fold", "1"]))
 
 
 def test_crash_marks_summary_failed(data_dir, tmp_path):

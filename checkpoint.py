@@ -1,0 +1,241 @@
+"""Self-describing checkpoints: what best.pt / last.pt hold, RNG state, loading them safely, and --resume
+(a run directory's last.pt, falling back to best.pt when last.pt is damaged).
+
+    best.pt = {"format": "maskcls-checkpoint", "version": 1, "model_state": ..., "meta": {model, head,
+               image_size, mean, std, classes, num_classes, image_dir, old_threshold, epoch, metrics, args}}
+    last.pt = best.pt's keys + optimizer, scheduler, scaler, raw_model_state / ema_state, epoch,
+              best_f1, best_epoch, best_metrics, history, elapsed_s, rng  (everything --resume needs)
+
+Checkpoints hold only tensors and plain data and are read with ``torch.load(weights_only=True)``.
+torch is imported inside the functions, so argument parsing can look for a run's checkpoints cheaply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+import dataset
+from utils import UserError, unsafe_pickle_global
+
+CHECKPOINT_FORMAT = "maskcls-checkpoint"
+CHECKPOINT_VERSION = 1
+METRIC_KEYS = ("f1", "acc", "f1_mask", "f1_gender", "f1_age", "loss")
+
+
+# --------------------------------------------------------------------------- writing
+def checkpoint_meta(model_name, head, size, mean, std, image_dir_name, old_threshold, epoch, metrics, args) -> dict:
+    return {
+        "model": model_name,
+        "head": head,
+        "image_size": [int(size[0]), int(size[1])],
+        "mean": [float(x) for x in mean],
+        "std": [float(x) for x in std],
+        "classes": dataset.class_names(),
+        "num_classes": dataset.NUM_CLASSES,
+        "image_dir": image_dir_name,
+        "old_threshold": int(old_threshold),
+        "epoch": int(epoch),
+        "metrics": {k: float(metrics[k]) for k in METRIC_KEYS},
+        "args": args,
+    }
+
+
+def base_checkpoint(model_state: dict, meta: dict) -> dict:
+    """best.pt: the weights inference uses and the meta that describes them."""
+    return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model_state": model_state, "meta": meta}
+
+
+def last_checkpoint(
+    model_state: dict,
+    meta: dict,
+    *,
+    raw,
+    optimizer,
+    scheduler,
+    scaler,
+    ema,
+    epoch: int,
+    best_f1: float,
+    best_epoch: int | None,
+    best_metrics: dict | None,
+    history: list,
+    elapsed_s: float,
+) -> dict:
+    """last.pt: best.pt's keys plus every training state ``restore`` puts back (the RNG state of this moment)."""
+    return {
+        **base_checkpoint(model_state, meta),
+        "raw_model_state": raw.state_dict() if ema is not None else None,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict(),
+        "ema_state": ema.module.state_dict() if ema is not None else None,
+        "epoch": epoch,
+        "best_f1": best_f1,
+        "best_epoch": best_epoch,
+        "best_metrics": best_metrics,
+        "history": history,
+        "elapsed_s": elapsed_s,
+        "rng": rng_state(),
+    }
+
+
+# --------------------------------------------------------------------------- RNG state
+def numpy_rng_state() -> dict:
+    import torch
+
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # weights_only torch.load refuses numpy arrays: store the key as a tensor
+    return {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
+
+
+def rng_state() -> dict:
+    import torch
+
+    version, state, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        "numpy": numpy_rng_state(),
+        "python": [version, list(state), gauss],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        with contextlib.suppress(RuntimeError):  # a different GPU count than when saved
+            torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+# --------------------------------------------------------------------------- reading
+def load_checkpoint(path: Path, mmap: bool = False) -> dict:
+    """torch.load a maskcls checkpoint; a truncated/corrupt/foreign file is a one-line UserError."""
+    import torch
+
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; point --resume at a run's last.pt or its directory")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # torch raises RuntimeError/EOFError/UnpicklingError/... for damaged files
+        refused = unsafe_pickle_global(e)
+        if refused:
+            raise UserError(
+                f"refusing to load {path}: it holds pickled Python objects ({refused}) that could run code; "
+                "only checkpoints written by train.py (tensors and plain data) are accepted"
+            ) from None
+        hint = path.with_name("best.pt")
+        also = (
+            f"; resume from {hint} (its weights, fresh optimiser)" if path.name != "best.pt" and hint.is_file() else ""
+        )
+        raise UserError(f"{path} is truncated or corrupt ({type(e).__name__}){also} or start a new run") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not a maskcls checkpoint (written by train.py); check the path")
+    return ckpt
+
+
+def fold_dirs(parent: Path) -> list[Path]:
+    found = [p for p in parent.iterdir() if p.is_dir() and p.name.startswith("fold") and p.name[4:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[4:]))
+
+
+def is_cv_parent(path: Path) -> bool:
+    """A `--fold all` run directory: fold0, fold1... inside, no checkpoint of its own."""
+    return (
+        path.is_dir() and not (path / "last.pt").exists() and not (path / "best.pt").exists() and bool(fold_dirs(path))
+    )
+
+
+def resolve_resume(target: str, quiet: bool = False) -> tuple[Path, dict]:
+    """(checkpoint path, checkpoint) for --resume FILE or --resume RUN_DIR (last.pt, else best.pt with a warning)."""
+    path = Path(target)
+    if not path.is_dir():
+        return path, load_checkpoint(path, mmap=quiet)
+    last, best = path / "last.pt", path / "best.pt"
+    if not last.exists() and not best.exists():
+        raise UserError(f"{path} holds no last.pt or best.pt; point --resume at a train.py run directory")
+    try:
+        return last, load_checkpoint(last, mmap=quiet)
+    except UserError as e:
+        if not best.is_file():
+            raise
+        if not quiet:
+            print(f"warning: {e}; resuming from {best} instead (weights only, fresh optimiser)", file=sys.stderr)
+        return best, load_checkpoint(best, mmap=quiet)
+
+
+# --------------------------------------------------------------------------- resuming
+def check_resumable(path: Path, ckpt: dict, model_name: str, head: str) -> None:
+    """Before anything is written: the checkpoint must be of the model being built."""
+    meta = ckpt.get("meta", {})
+    if meta.get("model") != model_name or meta.get("head") != head:
+        raise UserError(
+            f"{path} holds a {meta.get('model')} ({meta.get('head')} head), not {model_name} ({head} head); "
+            "drop --model/--head to resume it, or start a new run without --resume"
+        )
+
+
+def restore(resume, raw, optimizer, scheduler, scaler, ema, steps_per_epoch, when) -> dict:
+    """Load a checkpoint's training state into the freshly built objects; returns epoch/best/history."""
+    path, ckpt = resume
+    meta = ckpt.get("meta", {})
+    weights = ckpt.get("raw_model_state") or ckpt["model_state"]
+    try:
+        raw.load_state_dict(weights)
+        if ema is not None:
+            ema.module.load_state_dict(ckpt.get("ema_state") or ckpt["model_state"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise UserError(f"{path} does not fit this model ({first}); resume with the run's own arguments") from None
+    epoch = int(ckpt.get("epoch", meta.get("epoch", 0)))
+    if "optimizer" in ckpt:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt.get("scheduler") is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        if ckpt.get("rng"):
+            set_rng_state(ckpt["rng"])
+        history = list(ckpt.get("history", []))
+        best_f1 = float(ckpt.get("best_f1", -1.0))
+        best_epoch, best_metrics = ckpt.get("best_epoch"), ckpt.get("best_metrics")
+    else:
+        # best.pt: weights only. Fast-forward the schedule so the lr continues where that epoch left it.
+        print(
+            f"warning: {path} has no optimiser state; continuing after epoch {epoch} with a fresh optimiser",
+            file=sys.stderr,
+        )
+        if scheduler is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
+                for _ in range(epoch * (steps_per_epoch if when == "batch" else 1)):
+                    scheduler.step()
+        history, best_metrics = [], meta.get("metrics")
+        best_f1, best_epoch = float(best_metrics["f1"]) if best_metrics else -1.0, epoch
+    return {
+        "epoch": epoch,
+        "best_f1": best_f1,
+        "best_epoch": best_epoch,
+        "history": history,
+        "best_metrics": best_metrics,
+        "elapsed_s": float(ckpt.get("elapsed_s", 0.0)),
+    }
