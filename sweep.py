@@ -228,11 +228,8 @@ def _show(value: Any) -> str:
 
 def check_variant(base: dict, variant: Variant, folds: list[int], seeds: list[int]) -> None:
     """train.py's own argument checks on the variant's resolved arguments, before anything runs."""
-    import train
+    from config import check_args as check  # train.py's own checks (torch-free)
 
-    check = getattr(train, "check_args", None)  # train.py validates its args there (as of this writing)
-    if check is None:
-        return
     args = {**base, "resume": None, "config": None, "seed": seeds[0]}
     if variant.dest:
         args[variant.dest] = variant.value
