@@ -139,6 +139,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(
             "--resume DIR of a `--fold all` run continues all its folds (no --fold), --resume DIR/fold<k> one fold"
         )
+    if args.drop_ages is not None and args.drop_ages[0] > args.drop_ages[1]:
+        raise UserError(f"--drop-ages LO HI needs LO <= HI, got {args.drop_ages[0]} {args.drop_ages[1]}")
     if any(w < 0 for w in args.head_weights):
         raise UserError(f"--head-weights must be >= 0, got {args.head_weights}")
     check_output_dir(args.output_dir, args.data_dir)

@@ -578,8 +578,14 @@ class Split:
     valid: list
 
 
-def split_records(records: list, persons: list, fold, folds: int, split_seed: int, val_ratio: float) -> Split:
-    """The persons of ``fold`` (or a ``val_ratio`` hold-out when fold is None) validate, the others train."""
+def split_records(
+    records: list, persons: list, fold, folds: int, split_seed: int, val_ratio: float, drop_ages=None
+) -> Split:
+    """The persons of ``fold`` (or a ``val_ratio`` hold-out when fold is None) validate, the others train.
+
+    ``drop_ages`` (LO, HI) leaves persons aged LO..HI out of training only: the winners' trick for the ages
+    that look like the next group (57-59 beside 60); validation keeps them, so its score stays comparable.
+    """
     if fold is None:
         _, valid_ids = person_split(persons, val_ratio=val_ratio, seed=split_seed)
     else:
@@ -590,6 +596,9 @@ def split_records(records: list, persons: list, fold, folds: int, split_seed: in
     split = Split(
         [r for r in records if r.person_id not in valid_ids], [r for r in records if r.person_id in valid_ids]
     )
+    if drop_ages is not None:
+        low, high = drop_ages
+        split.train = [r for r in split.train if not low <= r.age <= high]
     if not split.train or not split.valid:
         raise UserError(
             f"the split leaves {len(split.train)} training and {len(split.valid)} validation images; "

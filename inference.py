@@ -32,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 import dataset
+from checkpoint import CHECKPOINT_FORMAT  # one definition: what train.py writes is what is read here
 from ensemble import class_distribution, format_class_distribution, format_metrics, ids_sha1, metrics_of, read_answers
 from utils import (
     UserError,
@@ -47,7 +48,6 @@ from utils import (
 if TYPE_CHECKING:  # torch and the model registry (timm) are imported where used: --help answers without them
     import torch
 
-CHECKPOINT_FORMAT = "maskcls-checkpoint"
 REQUIRED_META = ("model", "head", "image_size", "mean", "std", "classes")
 MAX_LISTED = 10  # unreadable images named in the one-line error; eval_meta.json / the log get all of them
 

@@ -130,6 +130,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument(
         *flags("--age-old-threshold"), type=int, default=60, help="age of the >=60 class for TRAINING labels"
     )
+    g.add_argument(
+        *flags("--drop-ages"),
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="leave persons aged LO..HI out of TRAINING (e.g. 57 59); validation keeps them",
+    )
     g.add_argument(*flags("--sampler"), default="none", choices=("none", "weighted"), help="weighted: by 1/class freq")
     g.add_argument("--cache", action=argparse.BooleanOptionalAction, default=False, help="decode images once, in RAM")
     g.add_argument(*flags("--label-fixes"), default=None, help="label fixes CSV (None: the repo's label_fixes.csv)")
@@ -729,7 +737,9 @@ def run_fold(args, fold: int, parent: Path, persons, records, image_dir, info, d
         resume = checkpoint.resolve_resume(str(run_dir), quiet=not info.main)
         checkpoint.check_resumable(*resume, models.resolve_model_name(args.model), args.head)
     with startup.phase("data"):
-        split = dataset.split_records(records, persons, fold, args.folds, args.split_seed, args.val_ratio)
+        split = dataset.split_records(
+            records, persons, fold, args.folds, args.split_seed, args.val_ratio, args.drop_ages
+        )
     return run_training(fold_args, run_dir, split, image_dir, info, device, resume, startup, cv_parent=parent)
 
 
@@ -775,7 +785,9 @@ def main(args: argparse.Namespace) -> dict:
             parent = Path(args.resume) if args.resume else None
             return run_cv(args, persons, records, image_dir, info, device, name, parent, startup)
         with startup.phase("data"):
-            split = dataset.split_records(records, persons, args.fold, args.folds, args.split_seed, args.val_ratio)
+            split = dataset.split_records(
+                records, persons, args.fold, args.folds, args.split_seed, args.val_ratio, args.drop_ages
+            )
         run_dir = resume[0].parent if resume else make_run_dir(Path(args.output_dir), name, info)
         return run_training(args, run_dir, split, image_dir, info, device, resume, startup)
     finally:

@@ -317,6 +317,16 @@ def test_person_split():
     assert len(valid) == 1 and len(train) == 2
 
 
+def test_split_records_drop_ages_trains_without_them_and_validates_with_them():
+    persons = fake_persons(60)
+    records = [ds.ImageRecord(Path(f"{p.id}/m.jpg"), f"{p.id}/m.jpg", p.id, 0, p.gender, p.age) for p in persons]
+    plain = ds.split_records(records, persons, 0, 5, 42, 0.2)
+    dropped = ds.split_records(records, persons, 0, 5, 42, 0.2, drop_ages=(55, 62))  # fake ages: 55 and 62
+    assert dropped.valid == plain.valid  # validation keeps every age: scores stay comparable
+    assert dropped.train == [r for r in plain.train if r.age not in (55, 62)]
+    assert {r.age for r in plain.train} - {r.age for r in dropped.train} == {55, 62}
+
+
 # --------------------------------------------------------------------------- datasets, cache, eval table
 def test_train_dataset_and_cache_match(tiny, capsys):
     records = ds.build_image_table(tiny["data_dir"], log=None)

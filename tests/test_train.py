@@ -290,6 +290,9 @@ def test_fold_values():
         config.check_args(parse(["--scheduler", "cosine", "--optimizer", "lion"]))
     with pytest.raises(UnknownNameError, match="step, cosine, cyclic, none"):
         config.check_args(parse(["--scheduler", "onecycle"]))
+    assert parse(["--drop-ages", "57", "59"]).drop_ages == [57, 59] and parse([]).drop_ages is None
+    with pytest.raises(UserError, match="--drop-ages LO HI needs LO <= HI"):
+        config.check_args(parse(["--drop-ages", "59", "57"]))
 
 
 def test_unknown_names_end_with_one_line(data_dir, tmp_path):
