@@ -72,11 +72,13 @@ def make_data(root: Path, seed: int, train_persons: int, eval_persons: int, jobs
     return data
 
 
-def training_jobs(data: Path, runs: Path, recipe: tuple, epochs: int, folds: list[int]) -> list[tuple[str, list]]:
+def training_jobs(
+    data: Path, runs: Path, recipe: tuple, epochs: int, folds: list[int], variants: list[str]
+) -> list[tuple[str, list]]:
     """(run name, command) of every training of one seed: the recipe on each fold, the variants, the leaky split."""
     common = [*recipe, "--data-dir", str(data), "--output-dir", str(runs), "--epochs", str(epochs)]
     jobs = [(f"base_f{k}", [PY, "train.py", *common, "--fold", str(k)]) for k in folds]
-    jobs += [(name, [PY, "train.py", *common, "--fold", "0", *extra]) for name, extra in VARIANTS.items()]
+    jobs += [(name, [PY, "train.py", *common, "--fold", "0", *VARIANTS[name]]) for name in variants]
     jobs.append(("leaky", [PY, "bench/leaky_split.py", "--valid-share", "0.2", "--", *common]))
     return [(name, [*cmd, "--name", name]) for name, cmd in jobs]
 
@@ -153,8 +155,9 @@ def fixes_match_truth(data: Path) -> dict:
 def seed_report(runs: Path, data: Path, folds: list[int]) -> dict:
     """Every figure of one seed, from its finished runs."""
     base = [f"base_f{k}" for k in folds]
+    variants = [name for name in VARIANTS if (runs / name).is_dir() and is_done(runs / name)]  # trained ones
     report = {
-        "eval": {name: eval_metrics(runs / name) for name in [*base, *VARIANTS, "leaky"]},
+        "eval": {name: eval_metrics(runs / name) for name in [*base, *variants, "leaky"]},
         "valid": {name: last_valid(runs / name) for name in [*base, "leaky"]},
         "fixes": fixes_match_truth(data),
     }
@@ -171,12 +174,17 @@ def effects(report: dict) -> dict:
     out = {
         "a_leaky_valid_minus_eval": va["leaky"]["f1"] - ev["leaky"]["f1"],
         "a_person_valid_minus_eval": person_gap,
-        "b_crops_minus_photos": ev["base_f0"]["f1"] - ev["photos"]["f1"],
-        "c_fixes_minus_no_fixes": ev["base_f0"]["f1"] - ev["no_fixes"]["f1"],
         "c_fixed_persons_still_wrong": len(report["fixes"]["still_wrong"]),
-        "d_old58_minus_60": ev["old58"]["f1"] - ev["base_f0"]["f1"],
-        "d_drop57_59_minus_none": ev["drop57_59"]["f1"] - ev["base_f0"]["f1"],
     }
+    versus_base = {  # variant runs (fold 0) against the recipe's fold 0: positive = the first named is better
+        "b_crops_minus_photos": ("photos", -1),
+        "c_fixes_minus_no_fixes": ("no_fixes", -1),
+        "d_old58_minus_60": ("old58", 1),
+        "d_drop57_59_minus_none": ("drop57_59", 1),
+    }
+    for key, (variant, sign) in versus_base.items():
+        if variant in ev and "base_f0" in ev:
+            out[key] = sign * (ev[variant]["f1"] - ev["base_f0"]["f1"])
     if "ensemble" in ev:
         out["e_ensemble_minus_best_fold"] = ev["ensemble"]["f1"] - max(ev[k]["f1"] for k in base)
     return out
@@ -197,21 +205,23 @@ TARGETS = {
 def print_tables(per_seed: dict) -> None:
     seeds = list(per_seed)
     print("\neval F1 (mask / gender / age) per run and seed:")
-    names = list(next(iter(per_seed.values()))["eval"])
+    names = list(dict.fromkeys(name for s in seeds for name in per_seed[s]["eval"]))
     for name in names:
         cells = []
         for s in seeds:
-            m = per_seed[s]["eval"][name]
-            cells.append(f"{m['f1']:.4f} ({m['f1_mask']:.3f}/{m['f1_gender']:.3f}/{m['f1_age']:.3f})")
+            m = per_seed[s]["eval"].get(name)
+            shown = f"{m['f1']:.4f} ({m['f1_mask']:.3f}/{m['f1_gender']:.3f}/{m['f1_age']:.3f})" if m else "not run"
+            cells.append(f"{shown:<30}")
         print(f"  {name:<12} " + "   ".join(cells))
     print("\neffects (seed " + ", ".join(map(str, seeds)) + "; mean; target):")
     for key, (check, target) in TARGETS.items():
         values = [per_seed[s]["effects"].get(key) for s in seeds]
-        if any(v is None for v in values):
+        measured = [v for v in values if v is not None]  # a variant left out of a seed (--variants) is skipped
+        if not measured:
             continue
-        verdict = "" if check is None else ("met" if all(check(v) for v in values) else "NOT met")
-        shown = "  ".join(f"{v:+.4f}" if isinstance(v, float) else str(v) for v in values)
-        print(f"  {key:<30} {shown}   mean {np.mean(values):+.4f}   {target} {verdict}")
+        verdict = "" if check is None else ("met" if all(check(v) for v in measured) else "NOT met")
+        shown = "  ".join("-" if v is None else f"{v:+.4f}" if isinstance(v, float) else str(v) for v in values)
+        print(f"  {key:<30} {shown}   mean {np.mean(measured):+.4f}   {target} {verdict}")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -221,6 +231,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-persons", type=int, default=200)
     parser.add_argument("--epochs", type=int, default=15, help="the demo's 15")
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="base-recipe folds to train")
+    parser.add_argument(
+        "--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS), help="fold-0 variants to train"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="trainings side by side (one thread each on 2 cores)")
     parser.add_argument("--out", type=Path, default=OUT / "fidelity", help="data and runs (reused when rerun)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run: no usable figures")
@@ -238,7 +251,7 @@ def main(args: argparse.Namespace) -> dict:
         data = make_data(root, seed, args.train_persons, args.eval_persons, args.jobs)
         runs = root / "runs"
         runs.mkdir(parents=True, exist_ok=True)
-        jobs = training_jobs(data, runs, recipe, args.epochs, args.folds)
+        jobs = training_jobs(data, runs, recipe, args.epochs, args.folds, args.variants)
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(functools.partial(run_job, runs=runs, data=data, threads=threads), jobs))
         report = seed_report(runs, data, args.folds)
