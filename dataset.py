@@ -306,6 +306,13 @@ def read_persons(data_dir: str | os.PathLike, image_dir: str = "auto") -> list[P
 # --------------------------------------------------------------------------- label fixes
 DEFAULT_FIXES = Path(__file__).resolve().parent / "label_fixes.csv"
 FIX_FIELDS = ("gender", "age", "mask_swap")
+
+
+def label_fixes_path(value: str | None) -> Path | None:
+    """train.py's --label-fixes value as a file: None (unset) is the repo's file, "none" is no fixes."""
+    return None if value == "none" else Path(value or DEFAULT_FIXES)
+
+
 MASK_SWAP = "incorrect_mask<->normal"
 
 

@@ -772,8 +772,7 @@ def main(args: argparse.Namespace) -> dict:
         utils.amp_dtype(args.amp, device)  # e.g. fp16 on CPU: refuse before a run directory exists
         with startup.phase("data"):
             image_dir = dataset.resolve_image_dir(args.data_dir, "train", args.image_dir)
-            fixes = args.label_fixes or dataset.DEFAULT_FIXES
-            fixes = None if fixes == "none" else Path(fixes)
+            fixes = dataset.label_fixes_path(args.label_fixes)
             log = print if info.main else None
             persons, records = dataset.load_train(args.data_dir, args.image_dir, label_fixes=fixes, log=log)
         if info.main:

@@ -34,8 +34,8 @@ def main(valid_share: float, train_argv: list[str]) -> dict:
     from distributed import setup_distributed
 
     args = train.get_args_parser().parse_args(train_argv)
-    fixes = args.label_fixes or dataset.DEFAULT_FIXES
-    persons, records = dataset.load_train(args.data_dir, args.image_dir, None if fixes == "none" else Path(fixes))
+    fixes = dataset.label_fixes_path(args.label_fixes)
+    persons, records = dataset.load_train(args.data_dir, args.image_dir, fixes)
     image_dir = dataset.resolve_image_dir(args.data_dir, "train", args.image_dir)
     split = image_split(records, valid_share, args.split_seed)
     shared = len({r.person_id for r in split.valid} & {r.person_id for r in split.train})

@@ -222,6 +222,11 @@ def test_repo_label_fixes_file():
     assert ds.Fix("000020", "mask_swap", "incorrect_mask<->normal") in fixes
 
 
+def test_label_fixes_path_of_the_flag():
+    assert ds.label_fixes_path(None) == ds.DEFAULT_FIXES and ds.label_fixes_path("none") is None
+    assert ds.label_fixes_path("my_fixes.csv") == Path("my_fixes.csv")
+
+
 def test_label_fixes_applied(tmp_path):
     persons = [("006359", "female", 25), ("001498-1", "male", 45), ("000020", "female", 62), ("000042", "male", 33)]
     info = make_tiny_dataset(tmp_path / "data", persons=persons, n_eval=1, quirks=False)
