@@ -40,6 +40,17 @@ import utils
 from config import ExactlyN, HelpFormatter, TrainParser, flags, fold_value
 from distributed import DistInfo, barrier, broadcast, close_distributed, gather, setup_distributed
 from failures import record_failure
+from trainer import (
+    StepConfig,
+    Trainer,
+    accumulation,
+    autocast,
+    build_model,
+    build_trainer,
+    optimizer_step,
+    to_device,
+    wrap_for_training,
+)
 from utils import (
     UserError,
     atomic_torch_save,
@@ -207,38 +218,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- epochs
-@dataclass(frozen=True)
-class StepConfig:
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    channels_last: bool
-    head: str
-    accum_steps: int = 1
-    clip_grad: float = 0.0
-    cutmix: float = 0.0
-    cutmix_mode: str = "strip"
-    cutmix_beta: float = 1.0
-    mixup: float = 0.0
-    log_interval: int = 20
-
-
-def _autocast(cfg: StepConfig):
-    import torch
-
-    if cfg.amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=cfg.device.type, dtype=cfg.amp_dtype)
-
-
-def _to_device(images: torch.Tensor, labels: torch.Tensor, cfg: StepConfig):
-    import torch
-
-    images = images.to(cfg.device, non_blocking=True)
-    if cfg.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, labels.to(cfg.device, non_blocking=True)
-
-
 def train_one_epoch(
     net: nn.Module,
     raw: nn.Module,
@@ -272,55 +251,40 @@ def train_one_epoch(
     for i, (images, labels) in enumerate(bar):
         if i == 0 and on_first_batch is not None:
             on_first_batch()
-        images, labels = _to_device(images, labels, cfg)
+        images, labels = to_device(images, labels, cfg)
         images, targets_a, targets_b, lam = mix_batch(
             images, labels, rng, cfg.cutmix, cfg.cutmix_mode, cfg.cutmix_beta, cfg.mixup
         )
-        group_start = (i // cfg.accum_steps) * cfg.accum_steps
-        group_size = min(cfg.accum_steps, n_batches - group_start)
-        step_now = i + 1 == group_start + group_size
-        sync = net.no_sync() if info.ddp and not step_now else contextlib.nullcontext()
-        with sync:
-            with _autocast(cfg):
+        group_size, step_now = accumulation(i, n_batches, cfg.accum_steps)
+        with net.no_sync() if info.ddp and not step_now else contextlib.nullcontext():
+            with autocast(cfg):
                 logits = net(images)
             logits = logits.float()
             loss = mixed_loss(criterion, logits, targets_a, targets_b, lam)
             scaler.scale(loss / group_size).backward()
         if step_now:
-            _optimizer_step(optimizer, scaler, raw, ema, batch_scheduler, cfg.clip_grad)
-        n = labels.shape[0]
-        loss_sum += loss.detach() * n
-        seen += n
+            optimizer_step(optimizer, scaler, raw, ema, batch_scheduler, cfg.clip_grad)
+        loss_sum += loss.detach() * labels.shape[0]
+        seen += labels.shape[0]
         with torch.no_grad():  # train acc/F1 score against the original labels (targets_a) under CutMix too
             preds.append(models.logits_to_probs(logits.detach(), cfg.head).argmax(1))
         targets.append(labels)
         if i % cfg.log_interval == 0 or i + 1 == n_batches:
-            mean_loss = loss_sum.item() / seen
-            if not math.isfinite(mean_loss):
-                raise UserError(
-                    f"training loss became {mean_loss} ({desc}, batch {i + 1}); lower --lr, add --clip-grad 1.0 "
-                    "or use --amp bf16 instead of fp16"
-                )
-            rate = seen * info.world / max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
+            show_progress(
+                bar, loss_sum.item() / seen, seen * info.world / max(time.perf_counter() - start, 1e-9), desc, i
+            )
     seconds = time.perf_counter() - start
     return _train_metrics(loss_sum.item(), seen, torch.cat(preds), torch.cat(targets), seconds, info)
 
 
-def _optimizer_step(optimizer, scaler, raw: nn.Module, ema, batch_scheduler, clip_grad: float) -> None:
-    """The step after a group of accumulated backward passes: clip, step, EMA update, per-batch schedule."""
-    from torch import nn
-
-    if clip_grad > 0:
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(raw.parameters(), clip_grad)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    if ema is not None:
-        ema.update(raw)
-    if batch_scheduler is not None:
-        batch_scheduler.step()
+def show_progress(bar, mean_loss: float, rate: float, desc: str, batch: int) -> None:
+    """The progress bar's loss and images/s; a loss gone NaN/inf stops the run with the way out."""
+    if not math.isfinite(mean_loss):
+        raise UserError(
+            f"training loss became {mean_loss} ({desc}, batch {batch + 1}); lower --lr, add --clip-grad 1.0 "
+            "or use --amp bf16 instead of fp16"
+        )
+    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
 
 
 def _train_metrics(loss_sum: float, seen: int, preds, targets, seconds: float, info: DistInfo) -> dict:
@@ -350,8 +314,8 @@ def evaluate(
         net.eval()
         logits_all, labels_all, index_all = [], [], []
         for images, labels, index in tqdm(loader, desc=desc, disable=not info.main, leave=False, file=sys.stderr):
-            images, _ = _to_device(images, labels, cfg)
-            with _autocast(cfg):
+            images, _ = to_device(images, labels, cfg)
+            with autocast(cfg):
                 logits = net(images)
             logits_all.append(logits.float().cpu())
             labels_all.append(labels)
@@ -376,29 +340,6 @@ def evaluate(
 
 # --------------------------------------------------------------------------- one training run: the set-up steps
 @dataclass
-class Trainer:
-    """What the set-up steps build for one run, and the epoch loop uses."""
-
-    raw: nn.Module  # the model itself: its state_dict is what checkpoints hold
-    net: nn.Module  # what trains: raw, DDP-wrapped and/or compiled
-    ema: Any  # timm's ModelEmaV3, or None
-    criterion: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any  # None for --scheduler none
-    when: str  # "epoch" | "batch": when the scheduler steps
-    scaler: torch.amp.GradScaler
-    train_loader: Any
-    valid_loader: DataLoader
-    cfg: StepConfig
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @property
-    def eval_net(self) -> nn.Module:
-        return self.ema.module if self.ema is not None else self.raw
-
-
-@dataclass
 class Progress:
     """Where a run stands: the next epoch, the best epoch so far and the history (log.csv's rows)."""
 
@@ -407,22 +348,6 @@ class Progress:
     best_epoch: int | None = None
     best_metrics: dict | None = None
     history: list = field(default_factory=list)
-
-
-def build_model(args: argparse.Namespace, device: torch.device, pretrained: bool) -> tuple[nn.Module, tuple, tuple]:
-    """The model on its device, and the mean/std of its pretrained weights (ImageNet's when it has none)."""
-    import torch
-
-    net = models.create_model(
-        args.model, head=args.head, pretrained=pretrained, weights=args.weights, drop_rate=args.drop_rate
-    )
-    data_cfg = getattr(net, "pretrained_cfg", None) or {}
-    mean = tuple(float(x) for x in data_cfg.get("mean", dataset.IMAGENET_MEAN))
-    std = tuple(float(x) for x in data_cfg.get("std", dataset.IMAGENET_STD))
-    net.to(device)
-    if args.channels_last:
-        net.to(memory_format=torch.channels_last)
-    return net, mean, std
 
 
 def build_data(args: argparse.Namespace, split: dataset.Split, mean, std, info: DistInfo, device, startup):
@@ -444,47 +369,6 @@ def build_data(args: argparse.Namespace, split: dataset.Split, mean, std, info: 
     )  # fmt: skip
 
 
-def build_trainer(args: argparse.Namespace, net: nn.Module, loaders: tuple, mean, std, device) -> Trainer:
-    """Loss, optimiser, schedule, mixed precision and EMA around the model; the step settings of the epochs."""
-    import torch
-
-    train_loader, valid_loader, train_labels = loaders
-    class_weight = losses.class_weights(train_labels, args.head) if args.class_weights == "balanced" else None
-    options = config.criterion_options(args.criterion, {dest: getattr(args, dest) for dest in config.CRITERION_FLAGS})
-    criterion = losses.build_loss(
-        args.criterion, head=args.head, head_weights=tuple(args.head_weights), class_weight=class_weight, **options
-    ).to(device)
-    optimizer = optim.build_optimizer(net, args.optimizer, args.lr, args.weight_decay, args.momentum)
-    steps_per_epoch = math.ceil(len(train_loader) / args.accum_steps)
-    spec = optim.ScheduleSpec(
-        args.epochs, steps_per_epoch, args.lr, args.min_lr, args.lr_decay_step, args.gamma, args.cycle_epochs
-    )
-    scheduler, when = optim.build_scheduler(optimizer, args.scheduler, spec)
-    amp_dtype = utils.amp_dtype(args.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    ema = None
-    if args.ema > 0:
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(net, decay=args.ema)
-    cfg = StepConfig(
-        device=device,
-        amp_dtype=amp_dtype,
-        channels_last=args.channels_last,
-        head=args.head,
-        accum_steps=args.accum_steps,
-        clip_grad=args.clip_grad,
-        cutmix=args.cutmix,
-        cutmix_mode=args.cutmix_mode,
-        cutmix_beta=args.cutmix_beta,
-        mixup=args.mixup,
-        log_interval=args.log_interval,
-    )
-    return Trainer(
-        net, net, ema, criterion, optimizer, scheduler, when, scaler, train_loader, valid_loader, cfg, mean, std
-    )
-
-
 def restore_progress(resume: tuple[Path, dict], trainer: Trainer, summary, info: DistInfo) -> Progress:
     """Put a checkpoint's weights and training state back; where the run stands after its last epoch."""
     steps_per_epoch = math.ceil(len(trainer.train_loader) / trainer.cfg.accum_steps)
@@ -494,20 +378,6 @@ def restore_progress(resume: tuple[Path, dict], trainer: Trainer, summary, info:
     if info.main:
         print(f"resuming {resume[0]} after epoch {state['epoch']} (best F1 {state['best_f1']:.4f})")
     return Progress(state["epoch"] + 1, state["best_f1"], state["best_epoch"], state["best_metrics"], state["history"])
-
-
-def wrap_for_training(trainer: Trainer, info: DistInfo, device: torch.device, compile: bool, deterministic: bool):
-    """DDP across the processes of torchrun, torch.compile, cuDNN autotuning: what trains is trainer.net."""
-    import torch
-    from torch import nn
-
-    if info.ddp:
-        device_ids = [device.index] if device.type == "cuda" else None
-        trainer.net = nn.parallel.DistributedDataParallel(trainer.raw, device_ids=device_ids)
-    if compile:
-        trainer.net = torch.compile(trainer.net)
-    if device.type == "cuda" and not deterministic:
-        torch.backends.cudnn.benchmark = True
 
 
 # --------------------------------------------------------------------------- one training run

@@ -114,6 +114,7 @@ class ProjectLoop:
         import loss as losses
         import optim
         import train
+        import trainer
         import utils
         from distributed import DistInfo
 
@@ -127,7 +128,7 @@ class ProjectLoop:
         self.optimizer = optim.build_optimizer(net, "adamw", LR, WEIGHT_DECAY, MOMENTUM)
         amp_dtype = utils.amp_dtype(v.amp, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-        self.cfg = train.StepConfig(device=device, amp_dtype=amp_dtype, channels_last=v.channels_last, head="single")
+        self.cfg = trainer.StepConfig(device=device, amp_dtype=amp_dtype, channels_last=v.channels_last, head="single")
 
     def epoch(self, batches: list) -> None:
         rng = np.random.default_rng(0)

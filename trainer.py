@@ -1,0 +1,186 @@
+"""What one run trains with, built from train.py's arguments: the model, loss, optimiser, schedule, mixed
+precision and EMA (``build_model``, ``build_trainer``, ``wrap_for_training``), and the per-batch helpers of
+the step (device transfer, autocast, gradient accumulation, the optimiser step).
+
+Where to change things: a backbone is model.py, a loss loss.py, an optimiser or a schedule optim.py, an
+augmentation augment.py; this file only puts them together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import config
+import dataset
+import loss as losses
+import model as models
+import optim
+import utils
+
+if TYPE_CHECKING:
+    import argparse
+
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader
+
+
+# --------------------------------------------------------------------------- the step
+@dataclass(frozen=True)
+class StepConfig:
+    """The settings of a training/validation step (what train_one_epoch and evaluate need besides objects)."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    head: str
+    accum_steps: int = 1
+    clip_grad: float = 0.0
+    cutmix: float = 0.0
+    cutmix_mode: str = "strip"
+    cutmix_beta: float = 1.0
+    mixup: float = 0.0
+    log_interval: int = 20
+
+
+def autocast(cfg: StepConfig):
+    import torch
+
+    if cfg.amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=cfg.device.type, dtype=cfg.amp_dtype)
+
+
+def to_device(images: torch.Tensor, labels: torch.Tensor, cfg: StepConfig):
+    import torch
+
+    images = images.to(cfg.device, non_blocking=True)
+    if cfg.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(cfg.device, non_blocking=True)
+
+
+def accumulation(batch: int, n_batches: int, accum_steps: int) -> tuple[int, bool]:
+    """(size of the accumulation group batch ``batch`` belongs to, whether the optimiser steps after it).
+
+    The last group of an epoch may be short: its loss is divided by its own size, not by ``accum_steps``."""
+    group_start = (batch // accum_steps) * accum_steps
+    group_size = min(accum_steps, n_batches - group_start)
+    return group_size, batch + 1 == group_start + group_size
+
+
+def optimizer_step(optimizer, scaler, raw: nn.Module, ema, batch_scheduler, clip_grad: float) -> None:
+    """The step after a group of accumulated backward passes: clip, step, EMA update, per-batch schedule."""
+    from torch import nn
+
+    if clip_grad > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(raw.parameters(), clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    if ema is not None:
+        ema.update(raw)
+    if batch_scheduler is not None:
+        batch_scheduler.step()
+
+
+# --------------------------------------------------------------------------- building a run's objects
+@dataclass
+class Trainer:
+    """What the set-up steps build for one run, and the epoch loop uses."""
+
+    raw: nn.Module  # the model itself: its state_dict is what checkpoints hold
+    net: nn.Module  # what trains: raw, DDP-wrapped and/or compiled
+    ema: Any  # timm's ModelEmaV3, or None
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # None for --scheduler none
+    when: str  # "epoch" | "batch": when the scheduler steps
+    scaler: torch.amp.GradScaler
+    train_loader: Any
+    valid_loader: DataLoader | None  # None when a run has no validation (--fold none --val-ratio 0)
+    cfg: StepConfig
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def eval_net(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.raw
+
+
+def build_model(args: argparse.Namespace, device: torch.device, pretrained: bool) -> tuple[nn.Module, tuple, tuple]:
+    """The model on its device, and the mean/std of its pretrained weights (ImageNet's when it has none)."""
+    import torch
+
+    net = models.create_model(
+        args.model, head=args.head, pretrained=pretrained, weights=args.weights, drop_rate=args.drop_rate
+    )
+    data_cfg = getattr(net, "pretrained_cfg", None) or {}
+    mean = tuple(float(x) for x in data_cfg.get("mean", dataset.IMAGENET_MEAN))
+    std = tuple(float(x) for x in data_cfg.get("std", dataset.IMAGENET_STD))
+    net.to(device)
+    if args.channels_last:
+        net.to(memory_format=torch.channels_last)
+    return net, mean, std
+
+
+def step_config(args: argparse.Namespace, device: torch.device) -> StepConfig:
+    return StepConfig(
+        device=device,
+        amp_dtype=utils.amp_dtype(args.amp, device),
+        channels_last=args.channels_last,
+        head=args.head,
+        accum_steps=args.accum_steps,
+        clip_grad=args.clip_grad,
+        cutmix=args.cutmix,
+        cutmix_mode=args.cutmix_mode,
+        cutmix_beta=args.cutmix_beta,
+        mixup=args.mixup,
+        log_interval=args.log_interval,
+    )
+
+
+def build_trainer(args: argparse.Namespace, net: nn.Module, loaders: tuple, mean, std, device) -> Trainer:
+    """Loss, optimiser, schedule, mixed precision and EMA around the model; the step settings of the epochs."""
+    import torch
+
+    train_loader, valid_loader, train_labels = loaders
+    class_weight = losses.class_weights(train_labels, args.head) if args.class_weights == "balanced" else None
+    options = config.criterion_options(args.criterion, {dest: getattr(args, dest) for dest in config.CRITERION_FLAGS})
+    criterion = losses.build_loss(
+        args.criterion, head=args.head, head_weights=tuple(args.head_weights), class_weight=class_weight, **options
+    ).to(device)
+    optimizer = optim.build_optimizer(net, args.optimizer, args.lr, args.weight_decay, args.momentum)
+    steps_per_epoch = math.ceil(len(train_loader) / args.accum_steps)
+    spec = optim.ScheduleSpec(
+        args.epochs, steps_per_epoch, args.lr, args.min_lr, args.lr_decay_step, args.gamma, args.cycle_epochs
+    )
+    scheduler, when = optim.build_scheduler(optimizer, args.scheduler, spec)
+    cfg = step_config(args, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp_dtype == torch.float16)
+    ema = None
+    if args.ema > 0:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(net, decay=args.ema)
+    return Trainer(
+        net, net, ema, criterion, optimizer, scheduler, when, scaler, train_loader, valid_loader, cfg, mean, std
+    )
+
+
+def wrap_for_training(trainer: Trainer, info, device: torch.device, compile: bool, deterministic: bool) -> None:
+    """DDP across the processes of torchrun, torch.compile, cuDNN autotuning: what trains is trainer.net."""
+    import torch
+    from torch import nn
+
+    if info.ddp:
+        device_ids = [device.index] if device.type == "cuda" else None
+        trainer.net = nn.parallel.DistributedDataParallel(trainer.raw, device_ids=device_ids)
+    if compile:
+        trainer.net = torch.compile(trainer.net)
+    if device.type == "cuda" and not deterministic:
+        torch.backends.cudnn.benchmark = True
