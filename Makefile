@@ -35,7 +35,7 @@ DEMO_EPOCHS ?= 15
 # epoch; the cosine-annealed last weights are steadier. On the real data (540-person folds) best is the default.
 DEMO_CHECKPOINT ?= last
 DEMO_TRAIN := --data-dir $(DEMO)/data --output-dir $(DEMO)/runs --model $(DEMO_MODEL) --no-pretrained \
-	--resize $(DEMO_SIZE) --cache --folds 5 --head multi --cutmix 0.5 --epochs $(DEMO_EPOCHS) --batch-size 32 --lr 0.003 --workers 0
+	--resize $(DEMO_SIZE) --cache --folds 5 --head multi --cutmix 0.5 --epochs $(DEMO_EPOCHS) --batch-size 32 --lr 0.003 --workers 0 --amp auto
 ANSWERS := --answers $(DEMO)/data/eval/answers.csv
 
 demo: install

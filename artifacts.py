@@ -129,8 +129,10 @@ def write_log(path: Path, history: list[dict]) -> None:
     atomic_write_csv(path, LOG_COLUMNS, ([cell(row.get(c)) for c in LOG_COLUMNS] for row in history))
 
 
-def log_row(epoch: int, lr: float, train: dict, valid: dict, seconds: float) -> dict:
-    """One epoch's row of log.csv (and of the checkpoint's history)."""
+def log_row(epoch: int, lr: float, train: dict, valid: dict | None, seconds: float) -> dict:
+    """One epoch's row of log.csv (and of the checkpoint's history); ``valid`` None: a run without validation,
+    whose valid columns stay blank."""
+    valid = valid or dict.fromkeys(("loss", "acc", "f1", "f1_mask", "f1_gender", "f1_age"))
     return {
         "epoch": epoch,
         "lr": lr,
@@ -148,12 +150,12 @@ def log_row(epoch: int, lr: float, train: dict, valid: dict, seconds: float) -> 
     }
 
 
-def add_scalars(writer, row: dict, valid: dict) -> None:
+def add_scalars(writer, row: dict, valid: dict | None) -> None:
     """An epoch's TensorBoard scalars: train/{loss,acc,f1,lr} from its log row, valid/* from its metrics."""
     epoch = row["epoch"]
     for key, column in (("loss", "train_loss"), ("acc", "train_acc"), ("f1", "train_f1"), ("lr", "lr")):
         writer.add_scalar(f"train/{key}", row[column], epoch)
-    for key in ("loss", "acc", "f1", "f1_mask", "f1_gender", "f1_age"):
+    for key in ("loss", "acc", "f1", "f1_mask", "f1_gender", "f1_age") if valid else ():
         writer.add_scalar(f"valid/{key}", valid[key], epoch)
     writer.flush()
 

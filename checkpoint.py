@@ -13,9 +13,11 @@ torch is imported inside the functions, so argument parsing can look for a run's
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import sys
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +43,7 @@ def checkpoint_meta(model_name, head, size, mean, std, image_dir_name, old_thres
         "image_dir": image_dir_name,
         "old_threshold": int(old_threshold),
         "epoch": int(epoch),
-        "metrics": {k: float(metrics[k]) for k in METRIC_KEYS},
+        "metrics": {k: float(metrics[k]) for k in METRIC_KEYS} if metrics else {},  # {}: trained without validation
         "args": args,
     }
 
@@ -192,6 +194,29 @@ def check_resumable(path: Path, ckpt: dict, model_name: str, head: str) -> None:
             f"{path} holds a {meta.get('model')} ({meta.get('head')} head), not {model_name} ({head} head); "
             "drop --model/--head to resume it, or start a new run without --resume"
         )
+
+
+@dataclass
+class Progress:
+    """Where a run stands: the next epoch, the best epoch so far and the history (log.csv's rows)."""
+
+    start_epoch: int = 1
+    best_f1: float = -1.0
+    best_epoch: int | None = None
+    best_metrics: dict | None = None
+    history: list = field(default_factory=list)
+
+
+def restore_progress(resume: tuple[Path, dict], trainer, summary, main: bool) -> Progress:
+    """Put a checkpoint's weights and training state back into train.py's freshly built objects (a
+    trainer.Trainer); where the run stands after its last epoch."""
+    steps_per_epoch = math.ceil(len(trainer.train_loader) / trainer.cfg.accum_steps)
+    t = trainer
+    state = restore(resume, t.raw, t.optimizer, t.scheduler, t.scaler, t.ema, steps_per_epoch, t.when)
+    summary.elapsed_before = state["elapsed_s"]
+    if main:
+        print(f"resuming {resume[0]} after epoch {state['epoch']} (best F1 {state['best_f1']:.4f})")
+    return Progress(state["epoch"] + 1, state["best_f1"], state["best_epoch"], state["best_metrics"], state["history"])
 
 
 def restore(resume, raw, optimizer, scheduler, scaler, ema, steps_per_epoch, when) -> dict:

@@ -133,8 +133,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise UserError(f"--folds must be at least 2, got {args.folds}; or use --fold none --val-ratio R")
         if args.fold != "all" and args.fold >= args.folds:
             raise UserError(f"--fold {args.fold} does not exist with --folds {args.folds}; use 0..{args.folds - 1}")
-    elif not 0 < args.val_ratio < 1:
-        raise UserError(f"--val-ratio must be between 0 and 1, got {args.val_ratio}")
+    elif not 0 <= args.val_ratio < 1:
+        raise UserError(f"--val-ratio must be in [0, 1) (0: train on every person), got {args.val_ratio}")
     if args.resume and is_cv_parent(Path(args.resume)) != (args.fold == "all"):
         raise UserError(
             "--resume DIR of a `--fold all` run continues all its folds (no --fold), --resume DIR/fold<k> one fold"

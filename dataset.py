@@ -589,11 +589,14 @@ def split_records(
     records: list, persons: list, fold, folds: int, split_seed: int, val_ratio: float, drop_ages=None
 ) -> Split:
     """The persons of ``fold`` (or a ``val_ratio`` hold-out when fold is None) validate, the others train.
+    Fold None with ``val_ratio`` 0 trains on every person and validates on none (train on all after CV).
 
     ``drop_ages`` (LO, HI) leaves persons aged LO..HI out of training only: the winners' trick for the ages
     that look like the next group (57-59 beside 60); validation keeps them, so its score stays comparable.
     """
-    if fold is None:
+    if fold is None and val_ratio == 0:
+        valid_ids = set()
+    elif fold is None:
         _, valid_ids = person_split(persons, val_ratio=val_ratio, seed=split_seed)
     else:
         # Folds are stratified on the competition's age groups (60), whatever --age-old-threshold trains
@@ -606,7 +609,7 @@ def split_records(
     if drop_ages is not None:
         low, high = drop_ages
         split.train = [r for r in split.train if not low <= r.age <= high]
-    if not split.train or not split.valid:
+    if not split.train or (not split.valid and valid_ids):
         raise UserError(
             f"the split leaves {len(split.train)} training and {len(split.valid)} validation images; "
             "check --data-dir (too few persons?) and --folds/--val-ratio"
@@ -659,6 +662,121 @@ def read_eval_table(data_dir: str | os.PathLike, image_dir: str = "auto") -> lis
             "check --data-dir, or rerun the crop step / use --image-dir images if crops are incomplete"
         )
     return table
+
+
+# --------------------------------------------------------------------------- pseudo labels
+# pseudo_label.py's output: eval images with the class the ensemble gave them (ImageID,ans,prob).
+PSEUDO_COLUMNS = ("ImageID", "ans", "prob")
+# The raw age a pseudo-labelled image carries per age group: 18 and 60 are what the data itself writes at its
+# floor (under-18) and ceiling (60-plus), 45 lies in 30-59 far from the 55-59 old-age thresholds. label() never
+# reads it (the class is fixed); it only keeps the fields consistent for code that looks at ``age`` directly
+# (e.g. ``--drop-ages 57 59`` drops none of them).
+PSEUDO_AGES = (18, 45, 60)
+
+
+@dataclass(frozen=True)
+class PseudoRecord(ImageRecord):
+    """An eval image labelled by pseudo_label.py: a fixed class, not a person's written age.
+
+    ``label(old_threshold)`` is ``pseudo_class`` whatever the threshold (the ensemble's class was scored at the
+    competition's 60). ``person_id`` is ``pseudo:<ImageID>`` (never a train person's id), ``rel`` is
+    ``eval/<file name>``; mask/gender/age are the class decoded, age one of PSEUDO_AGES.
+    """
+
+    image_id: str
+    pseudo_class: int
+    prob: float  # the ensemble probability of pseudo_class
+
+    def __post_init__(self) -> None:
+        if encode_label(self.mask, self.gender, age_group(self.age)) != self.pseudo_class:
+            raise ValueError(
+                f"PseudoRecord {self.image_id}: mask/gender/age {self.mask}/{self.gender}/{self.age} "
+                f"do not make class {self.pseudo_class}"
+            )
+
+    @classmethod
+    def of(cls, image_id: str, pseudo_class: int, prob: float, path: Path) -> PseudoRecord:
+        """The record of eval image ``image_id`` (read from ``path``) pseudo-labelled ``pseudo_class``."""
+        mask, gender, group = decode_label(pseudo_class)
+        return cls(
+            path=path,
+            rel=f"eval/{Path(image_id).name}",
+            person_id=f"pseudo:{image_id}",
+            mask=mask,
+            gender=gender,
+            age=PSEUDO_AGES[group],
+            image_id=image_id,
+            pseudo_class=int(pseudo_class),
+            prob=float(prob),
+        )
+
+    def label(self, old_threshold: int = DEFAULT_OLD_THRESHOLD) -> int:
+        return self.pseudo_class
+
+
+def _pseudo_row_problem(row: dict, seen: dict[str, int]) -> str | None:
+    image_id = row["ImageID"] or ""
+    try:
+        cls = int(row["ans"] or "")
+    except ValueError:
+        cls = -1
+    try:
+        prob = float(row["prob"] or "")
+    except ValueError:
+        prob = float("nan")
+    if not image_id:
+        return "empty ImageID"
+    if image_id in seen:
+        return f"ImageID {image_id} already on line {seen[image_id]}"
+    if not 0 <= cls < NUM_CLASSES:
+        return f"ans {row['ans']!r} is not a class 0..{NUM_CLASSES - 1}"
+    if not 0 <= prob <= 1:  # also rejects nan
+        return f"prob {row['prob']!r} is not a probability 0..1"
+    return None
+
+
+def read_pseudo_labels(
+    csv_path: str | os.PathLike, data_dir: str | os.PathLike, image_dir: str = "auto"
+) -> list[PseudoRecord]:
+    """The pseudo-labelled eval images of pseudo_label.py's CSV (ImageID,ans,prob), in file order.
+
+    Each ImageID is resolved with read_eval_table(data_dir, image_dir), so ``auto`` reads the eval crops
+    once they exist, as training does. One UserError lists every bad row (empty or repeated ImageID, ans
+    not a class, prob not in 0..1) by line number; ImageIDs absent from eval/info.csv are one error line.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise UserError(
+            f"pseudo-label file {csv_path} not found; write it with python pseudo_label.py --runs ... --out {csv_path}"
+        )
+    header, rows = utils.read_csv_table(csv_path, PSEUDO_COLUMNS, "pseudo labels written by pseudo_label.py")
+    problems, seen = [], {}
+    for lineno, row, n_fields in rows:
+        problem = _pseudo_row_problem(row, seen)
+        if problem is None and n_fields > len(header):
+            problem = f"more cells than the header ({len(header)})"
+        if problem:
+            problems.append(f"line {lineno}: {problem}")
+        else:
+            seen[row["ImageID"]] = lineno
+    if problems:
+        raise _bad_rows_error(csv_path, problems, "columns ImageID,ans,prob (ans a class 0..17); rerun pseudo_label.py")
+    paths = dict(read_eval_table(data_dir, image_dir))
+    unknown = [f"{image_id} (line {lineno})" for image_id, lineno in seen.items() if image_id not in paths]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise UserError(
+            f"{csv_path} names {len(unknown)} ImageID(s) not in {Path(data_dir) / 'eval' / 'info.csv'}: {shown}; "
+            "the pseudo labels belong to another eval set: rerun pseudo_label.py on this --data-dir's predictions"
+        )
+    return [
+        PseudoRecord.of(row["ImageID"], int(row["ans"]), float(row["prob"]), _absolute(paths[row["ImageID"]]))
+        for _, row, _ in rows
+    ]
+
+
+def _absolute(path: Path) -> Path:
+    return path.parent.resolve() / path.name
 
 
 # --------------------------------------------------------------------------- images

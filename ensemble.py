@@ -4,7 +4,8 @@ python ensemble.py --mode soft --runs runs/r18/fold0 runs/r18/fold1 --answers da
 
 Members are run directories that inference.py has written ``eval_probs.npy`` / ``eval_meta.json`` /
 ``submission.csv`` into; without ``--runs`` every such directory under ``--runs-dir`` (recursively, so
-``--fold all`` runs are found) is used, and the list is printed.
+``--fold all`` runs are found) is used, and the list is printed. A ``--fold all`` parent given to ``--runs``
+(``runs/<name>``) stands for its ``fold<k>`` runs.
 
 - ``soft``: weighted mean of the members' probabilities, then argmax.
 - ``hard``: each member votes for its argmax class (``--weights`` weight the votes). Ties are broken by
@@ -22,12 +23,24 @@ are concatenated, and the CV metrics per fold and overall (plus each model group
 printed and written to ``<out stem>_oof_report.json``. A model group is the run directory above
 ``fold<k>`` (``runs/<name>/fold<k>``), or the run name with a trailing ``fold<k>`` removed; its single-model
 CV uses the ``pred`` column, so it equals train.py's own cv_summary.json.
+
+``--weights auto`` (``--mode soft`` only) picks one weight per model group from the members' ``valid_preds.csv``
+(never the eval answers). On the validation rows that every group validated (a group's probability of a row is
+that of its member that validated it), a grid over the group weights (step 0.05 for up to 3 groups, 0.1 for 4,
+coarser beyond) is searched for the soft vote with the best out-of-fold macro F1; ties go to the weights closest
+to equal. Each member then gets its group's weight divided by the group's member count (``--oof``: by the group's
+members on the same validation fold), so a model counts by its group weight however many folds it has. Equal and
+chosen weights are printed with their OOF metrics and kept under ``auto_weights`` in the report; the chosen
+weights' OOF score is measured on the rows they were chosen on, so it flatters them a little. ``--mode hard``
+refuses ``auto``: the search scores soft votes, and group weights on votes mostly decide which group always wins.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
+import math
 import os
 import re
 from collections import Counter
@@ -172,7 +185,7 @@ def member_names(runs: Sequence[Path]) -> list[str]:
 def find_members(runs: Sequence[str] | None, runs_dir: Path, needed: str, hint: str) -> list[Path]:
     """The member run dirs: ``runs`` as given (each must hold ``needed``), else every run under ``runs_dir`` with it."""
     if runs:
-        members = [Path(r) for r in runs]
+        members = [m for r in runs for m in _fold_runs(Path(r), needed)]
         for run in members:
             if not run.is_dir():
                 raise UserError(f"run directory {run} does not exist; check --runs")
@@ -185,6 +198,14 @@ def find_members(runs: Sequence[str] | None, runs_dir: Path, needed: str, hint: 
     if not members:
         raise UserError(f"no run under {runs_dir} has {needed}; {hint.format(run='runs/<name>')} first, or pass --runs")
     return members
+
+
+def _fold_runs(run: Path, needed: str) -> list[Path]:
+    """A ``--fold all`` parent (no ``needed``, ``fold<k>/needed`` inside) stands for its folds, in fold order."""
+    if (run / needed).is_file():
+        return [run]
+    folds = [p.parent for p in run.glob(f"fold*/{needed}") if _FOLD_DIR.match(p.parent.name)]
+    return sorted(folds, key=lambda f: int(f.name[4:])) or [run]
 
 
 def load_eval_member(run: Path) -> dict:
@@ -237,7 +258,9 @@ def ensemble_eval(
     weights: Sequence[float] | None,
     out: Path,
     answers: Path | None,
+    extra: dict | None = None,
 ) -> dict:
+    """Write the submission, its probabilities and the report (``extra`` merged into it) of one eval ensemble."""
     names = member_names(members)
     loaded = [load_eval_member(r) for r in members]
     check_same_eval_set(loaded, names)
@@ -274,6 +297,7 @@ def ensemble_eval(
         for entry, ml in zip(report["members"], member_labels):
             entry["metrics"] = metrics_of(y_true, ml)
         report["metrics"] = metrics_of(y_true, labels)
+    report.update(extra or {})
 
     atomic_write_csv(out, ["ImageID", "ans"], zip(ids, labels.tolist()))
     # named after --out, so a hard and a soft ensemble written side by side keep their own probabilities
@@ -340,6 +364,7 @@ def load_oof_member(run: Path) -> dict:
     return {
         "run": run,
         "rels": rels,
+        "persons": [r["person_id"] for r in rows],
         "labels": labels,
         "preds": preds,
         "probs": probs,
@@ -364,7 +389,9 @@ def check_same_split(members: list[dict], names: list[str]) -> None:
             )
 
 
-def oof_ensemble(members: list[Path], mode: str, weights: Sequence[float] | None, report_path: Path) -> dict:
+def oof_ensemble(
+    members: list[Path], mode: str, weights: Sequence[float] | None, report_path: Path, extra: dict | None = None
+) -> dict:
     """Combine the members fold by fold, score each fold and all of them, write and print the report."""
     names = member_names(members)
     loaded = [load_oof_member(r) for r in members]
@@ -404,6 +431,7 @@ def oof_ensemble(members: list[Path], mode: str, weights: Sequence[float] | None
             }
             for g, parts in groups.items()
         ],
+        **(extra or {}),
     }
     atomic_write_json(report_path, report)
     print_oof_report(report, report_path)
@@ -472,6 +500,199 @@ def print_oof_report(report: dict, path: Path) -> None:
     print(f"CV macro F1 of the ensemble: {report['overall']['f1']:.4f} (report: {path})")
 
 
+# --------------------------------------------------------------------------- --weights auto
+AUTO_RESOLUTIONS = (20, 10, 5, 4, 2, 1)  # group weights are multiples of 1/k: step 0.05 first, coarser for many groups
+AUTO_MAX_POINTS = 500  # grid points scored at most: each soft vote of the real data's 18,900 OOF rows takes ~5 ms
+
+
+def parse_weights(values: Sequence[str] | None) -> list[float] | str | None:
+    """``--weights`` as typed: None (equal), ``"auto"``, or one float per member."""
+    if not values:
+        return None
+    if any(v.lower() == "auto" for v in values):
+        if len(values) > 1:
+            raise UserError("--weights auto stands alone; give either the word auto or one number per member")
+        return "auto"
+    try:
+        return [float(v) for v in values]
+    except ValueError:
+        bad = next(v for v in values if not _is_float(v))
+        raise UserError(f"--weights {bad!r} is not a number; give one number per member, or the word auto") from None
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = dataset.NUM_CLASSES) -> float:
+    """sklearn's ``f1_score(average="macro", zero_division=0)`` from one bincount.
+
+    The weight search scores hundreds of votes; sklearn's input checks cost ~100x this arithmetic.
+    Like sklearn it averages over the classes present in ``y_true`` or ``y_pred``.
+    """
+    t, p = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    cm = np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    seen = cm.sum(axis=1) + cm.sum(axis=0)  # support + predicted = 2 tp + fp + fn
+    present = seen > 0
+    return float(np.mean(2 * np.diag(cm)[present] / seen[present]))
+
+
+def grid_resolution(n_groups: int, max_points: int = AUTO_MAX_POINTS) -> int:
+    """The finest k of AUTO_RESOLUTIONS whose simplex grid for ``n_groups`` has at most ``max_points`` points."""
+    return next((k for k in AUTO_RESOLUTIONS if math.comb(k + n_groups - 1, n_groups - 1) <= max_points), 1)
+
+
+def simplex_grid(n: int, k: int) -> np.ndarray:
+    """Every weight vector of ``n`` non-negative multiples of 1/k summing to 1, in a fixed order: (P, n)."""
+    rows = []
+    for bars in itertools.combinations(range(k + n - 1), n - 1):  # stars and bars: k units in n parts
+        edges = (-1, *bars, k + n - 1)
+        rows.append([edges[i + 1] - edges[i] - 1 for i in range(n)])
+    return np.array(rows, dtype=np.float64) / k
+
+
+def search_group_weights(probs: np.ndarray, y_true: np.ndarray, k: int | None = None) -> np.ndarray:
+    """Soft-vote weights (summing to 1) of G groups that maximise the macro F1 of their vote: (G, N, C) -> (G,).
+
+    ``probs`` holds each group's probabilities on the same N rows with labels ``y_true``. Candidates are equal
+    weights and the simplex grid of step 1/k (default ``grid_resolution(G)``). Among the best-scoring ones the
+    closest to equal weights wins, then the earliest in grid order: a gain within float noise does not move the
+    weights off equal, and the same inputs always give the same weights.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    g = probs.shape[0]
+    equal = np.full(g, 1.0 / g)
+    if g == 1:
+        return equal
+    candidates = np.vstack([equal, simplex_grid(g, k or grid_resolution(g))])
+    scores = np.array([macro_f1(y_true, soft_vote(probs, w).argmax(axis=1), probs.shape[2]) for w in candidates])
+    distance = np.linalg.norm(candidates - equal, axis=1)
+    distance[scores < scores.max() - 1e-12] = np.inf
+    return candidates[int(np.argmin(distance))]  # argmin: the first of equal distances
+
+
+def _group_rows(loaded: list[dict], names: list[str]) -> tuple[dict[str, dict[str, np.ndarray]], dict, dict]:
+    """({group: {rel: its members' mean probabilities}}, {rel: label}, {rel: person}) of the OOF members."""
+    sums: dict[str, dict[str, list]] = {}  # group -> rel -> [summed probs, members]
+    label_of: dict[str, tuple[int, int]] = {}  # rel -> (label, first member giving it)
+    person_of: dict[str, str] = {}
+    for i, (m, name) in enumerate(zip(loaded, names)):
+        rows = sums.setdefault(model_group(name), {})
+        for rel, y, person, p in zip(m["rels"], m["labels"].tolist(), m["persons"], m["probs"]):
+            first = label_of.setdefault(rel, (y, i))
+            if first[0] != y:
+                raise UserError(
+                    f"members {names[first[1]]} and {name} disagree on the label of {rel} (different label fixes?); "
+                    "retrain them with the same label_fixes.csv"
+                )
+            person_of[rel] = person
+            entry = rows.setdefault(rel, [np.zeros_like(p), 0])
+            entry[0] += p
+            entry[1] += 1
+    means = {g: {rel: total / n for rel, (total, n) in rows.items()} for g, rows in sums.items()}
+    return means, {rel: y for rel, (y, _) in label_of.items()}, person_of
+
+
+def group_oof(members: list[Path], names: list[str]) -> dict:
+    """Each model group's out-of-fold probabilities on the validation rows that every group validated.
+
+    Returns groups (in order of their first member), probs (G, N, C), labels (N,), persons (how many among the
+    N rows) and fold (each member's validation fold, an index into ``fold_members``).
+    """
+    for run, name in zip(members, names):
+        if not (run / "valid_preds.csv").is_file():
+            raise UserError(
+                f"--weights auto: member {name} (model group {model_group(name)}) has no valid_preds.csv to choose "
+                "weights on; train it with train.py --fold K, give --weights by hand, or leave it out with --runs"
+            )
+    loaded = [load_oof_member(r) for r in members]
+    check_same_split(loaded, names)
+    fold = {i: k for k, idx in enumerate(fold_members(loaded, names)) for i in idx}  # refuses overlapping folds
+    rows_of, label_of, person_of = _group_rows(loaded, names)
+    groups = list(rows_of)
+    common = sorted(set.intersection(*(set(rows) for rows in rows_of.values())))
+    if not common:
+        raise UserError(
+            f"--weights auto: the model groups ({', '.join(groups)}) share no validation rows; give each group "
+            "a run of the same fold (same --folds/--split-seed), or give --weights by hand"
+        )
+    return {
+        "groups": groups,
+        "probs": np.stack([np.stack([rows_of[g][rel] for rel in common]) for g in groups]),
+        "labels": np.array([label_of[rel] for rel in common], dtype=np.int64),
+        "persons": len({person_of[rel] for rel in common}),
+        "fold": [fold[i] for i in range(len(members))],
+    }
+
+
+def auto_weights(members: list[Path], names: list[str], per_fold: bool) -> tuple[list[float], dict]:
+    """``--weights auto``: (member weights, report entry) from the group weights with the best OOF soft vote.
+
+    A group's weight is split evenly among its members (``per_fold``: among its members on the same validation
+    fold, because ``--oof`` votes each fold on its own), so every model counts by its group weight.
+    """
+    oof = group_oof(members, names)
+    groups, probs, y = oof["groups"], oof["probs"], oof["labels"]
+    chosen = search_group_weights(probs, y)
+    equal = np.full(len(groups), 1.0 / len(groups))
+    metrics = {
+        key: metrics_of(y, soft_vote(probs, w).argmax(axis=1)) for key, w in (("equal", equal), ("auto", chosen))
+    }
+    group_weight = {g: float(w) for g, w in zip(groups, chosen)}
+    keys = [(model_group(n), oof["fold"][i] if per_fold else None) for i, n in enumerate(names)]
+    shares = Counter(keys)
+    weights = [group_weight[key[0]] / shares[key] for key in keys]
+    if per_fold:
+        _check_every_fold_votes(weights, oof["fold"], names)
+    info = {
+        "groups": group_weight,
+        "oof_f1_equal": metrics["equal"]["f1"],
+        "oof_f1_auto": metrics["auto"]["f1"],
+        "oof_metrics_equal": metrics["equal"],
+        "oof_metrics_auto": metrics["auto"],
+        "rows": len(y),
+        "persons": oof["persons"],
+        "grid_step": 1 / grid_resolution(len(groups)) if len(groups) > 1 else None,
+    }
+    print_auto_weights(info)
+    return weights, info
+
+
+def _check_every_fold_votes(weights: list[float], fold: list[int], names: list[str]) -> None:
+    """--oof votes fold by fold: a fold whose members all got weight 0 (groups missing elsewhere) has no vote."""
+    for k in sorted(set(fold)):
+        idx = [i for i, f in enumerate(fold) if f == k]
+        if sum(weights[i] for i in idx) <= 0:
+            raise UserError(
+                f"--weights auto gave weight 0 to every member validating the rows of {names[idx[0]]} "
+                f"({', '.join(names[i] for i in idx)}), so --oof cannot vote there; leave them out with --runs"
+            )
+
+
+def print_auto_weights(info: dict) -> None:
+    groups = info["groups"]
+    print(
+        f"--weights auto: {len(groups)} model group(s) on the {info['rows']} out-of-fold rows "
+        f"({info['persons']} persons) that every group validated"
+    )
+    width = max(len(g) for g in groups)
+    for g, w in groups.items():
+        print(f"  {g:<{width}}  weight {w:.4g}")
+    print(f"  OOF equal weights: {format_metrics(info['oof_metrics_equal'])}")
+    print(f"  OOF auto weights:  {format_metrics(info['oof_metrics_auto'])}")
+    if info["grid_step"] is None:
+        print("  (one model group: auto is equal weights)")
+    else:
+        print(
+            f"  (grid step {info['grid_step']:g}, ties to the weights closest to equal; the auto score is measured "
+            "on the rows the weights were chosen on)"
+        )
+
+
 # --------------------------------------------------------------------------- CLI
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults in the option help, and the module docstring as written (its commands stay on their lines)."""
@@ -482,26 +703,51 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=("hard", "soft"), required=True, help="voting rule")
     parser.add_argument("--runs", nargs="+", default=None, help="member run dirs (default: every run found)")
     parser.add_argument("--runs-dir", default="runs", help="where to look for members when --runs is not given")
-    parser.add_argument("--weights", nargs="+", type=float, default=None, help="one weight per member, in order")
+    parser.add_argument(
+        "--weights",
+        nargs="+",
+        default=None,
+        metavar="W",
+        help="one weight per member, in order, or auto (soft: one weight per model group, chosen on valid_preds.csv)",
+    )
     parser.add_argument("--out", default="submission.csv", help="submission to write (report and probs next to it)")
     parser.add_argument("--answers", default=None, help="ImageID,ans CSV to score members and ensemble against")
     parser.add_argument("--oof", action="store_true", help="score the recipe on valid_preds.csv (no submission)")
     return parser
 
 
+def resolve_weights(
+    weights: list[float] | str | None, members: list[Path], per_fold: bool
+) -> tuple[list[float] | None, dict | None]:
+    """(member weights, report entry): ``auto`` is searched on the members' OOF predictions, numbers pass through."""
+    if weights != "auto":
+        return weights, None
+    weights, info = auto_weights(members, member_names(members), per_fold)
+    return weights, {"auto_weights": info}
+
+
 def main(args: argparse.Namespace) -> dict:
     runs_dir, out = Path(args.runs_dir), Path(args.out)
+    weights = parse_weights(args.weights)
+    if weights == "auto" and args.mode != "soft":
+        raise UserError(
+            "--weights auto chooses soft-vote weights; "
+            "use --mode soft, or give hard-vote weights by hand (--weights W ...)"
+        )
     if args.oof:
         if args.answers:
             raise UserError("--answers does not apply to --oof (the validation labels are in valid_preds.csv)")
         members = find_members(args.runs, runs_dir, "valid_preds.csv", "train it with train.py --fold K")
-        return oof_ensemble(members, args.mode, args.weights, out.parent / f"{out.stem}_oof_report.json")
+        weights, extra = resolve_weights(weights, members, per_fold=True)
+        return oof_ensemble(members, args.mode, weights, out.parent / f"{out.stem}_oof_report.json", extra)
     members = find_members(args.runs, runs_dir, "eval_probs.npy", "run inference.py --run {run}")
     if not args.runs:
         print(f"members ({len(members)} run(s) with eval_probs.npy under {runs_dir}):")
         for name in member_names(members):
             print(f"  {name}")
-    return ensemble_eval(members, args.mode, args.weights, out, Path(args.answers) if args.answers else None)
+    weights, extra = resolve_weights(weights, members, per_fold=False)
+    answers = Path(args.answers) if args.answers else None
+    return ensemble_eval(members, args.mode, weights, out, answers, extra)
 
 
 if __name__ == "__main__":

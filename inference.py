@@ -39,6 +39,7 @@ from utils import (
     atomic_save_npy,
     atomic_write_csv,
     atomic_write_json,
+    native_bf16,
     read_csv_table,
     resolve_device,
     run_main,
@@ -156,15 +157,9 @@ def fuse_conv_bn(net: torch.nn.Module) -> torch.nn.Module:
 def resolve_amp(choice: str, device: torch.device) -> bool:
     """Whether to run under bf16 autocast: ``auto`` = where the hardware computes bf16 natively (CUDA with
     bf16 support; CPUs with AVX512-BF16 or AMX), since elsewhere bf16 is emulated and slower than fp32."""
-    import torch
-
     if choice in ("bf16", "off"):
         return choice == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
+    return native_bf16(device)
 
 
 # --------------------------------------------------------------------------- data

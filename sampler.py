@@ -157,8 +157,9 @@ def build_loaders(
     pin_memory: bool,
     augment: Augment | None = None,
     device: torch.device | None = None,
-) -> tuple[AugmentedLoader, DataLoader, np.ndarray]:
-    """``augment``: the training augmentation (default: Augment(mean, std)), run on ``device`` (CPU)."""
+) -> tuple[AugmentedLoader, DataLoader | None, np.ndarray]:
+    """``augment``: the training augmentation (default: Augment(mean, std)), run on ``device`` (CPU); the
+    validation loader is None when the split validates on no one (train on every person)."""
     train_ds = dataset.TrainDataset(split.train, size, None, old_threshold=old_threshold, cache=cache)
     valid_ds = dataset.TrainDataset(
         split.valid, size, dataset.eval_transform(size, mean, std), old_threshold=VALID_OLD_THRESHOLD, cache=cache
@@ -189,13 +190,16 @@ def build_loaders(
         drop_last=per_rank > batch_size,
         **common,
     )
+    valid_loader = valid_loader_of(valid_ds, valid_batch_size, info, common) if split.valid else None
+    augmented = AugmentedLoader(train_loader, augment or Augment(mean, std), device or torch.device("cpu"))
+    return augmented, valid_loader, labels
+
+
+def valid_loader_of(valid_ds: Dataset, batch_size: int, info: DistInfo, common: dict) -> DataLoader:
+    """Validation in dataset order, each rank its shard (evaluate() puts the shards back in order)."""
     valid_sampler = (
         DistributedSampler(valid_ds, num_replicas=info.world, rank=info.rank, shuffle=False, drop_last=False)
         if info.ddp
         else SequentialSampler(valid_ds)
     )
-    valid_loader = DataLoader(
-        IndexedDataset(valid_ds), batch_size=valid_batch_size, sampler=valid_sampler, shuffle=False, **common
-    )
-    augmented = AugmentedLoader(train_loader, augment or Augment(mean, std), device or torch.device("cpu"))
-    return augmented, valid_loader, labels
+    return DataLoader(IndexedDataset(valid_ds), batch_size=batch_size, sampler=valid_sampler, shuffle=False, **common)

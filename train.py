@@ -37,6 +37,7 @@ import loss as losses
 import model as models
 import optim
 import utils
+from checkpoint import Progress
 from config import ExactlyN, HelpFormatter, TrainParser, flags, fold_value
 from distributed import DistInfo, barrier, broadcast, close_distributed, gather, setup_distributed
 from failures import record_failure
@@ -134,10 +135,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         *flags("--fold"),
         type=fold_value,
         default=0,
-        help="validation fold; 'all' trains every fold (CV score); 'none' uses --val-ratio",
+        help="validation fold; 'all' trains every fold (CV score); 'none' trains on every person after CV "
+        "(no validation; with --val-ratio R a random R of the persons validates)",
     )
     g.add_argument(*flags("--split-seed"), type=int, default=42, help="seed of the fold/valid split")
-    g.add_argument(*flags("--val-ratio"), type=float, default=0.2, help="share of persons in valid (--fold none)")
+    g.add_argument(
+        *flags("--val-ratio"), type=float, default=0.0, help="--fold none: share of persons held out to validate"
+    )
     g.add_argument(
         *flags("--age-old-threshold"), type=int, default=60, help="age of the >=60 class for TRAINING labels"
     )
@@ -148,6 +152,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         metavar=("LO", "HI"),
         help="leave persons aged LO..HI out of TRAINING (e.g. 57 59); validation keeps them",
+    )
+    g.add_argument(
+        *flags("--pseudo"),
+        default=None,
+        metavar="CSV",
+        help="pseudo-labelled eval images (pseudo_label.py) added to TRAINING only; folds and validation unchanged",
     )
     g.add_argument(*flags("--sampler"), default="none", choices=("none", "weighted"), help="weighted: by 1/class freq")
     g.add_argument("--cache", action=argparse.BooleanOptionalAction, default=False, help="decode images once, in RAM")
@@ -199,8 +209,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="bf16",
         default="off",
-        choices=("off", "bf16", "fp16"),
-        help="mixed precision (bare --amp = bf16; fp16 = CUDA with GradScaler)",
+        choices=("off", "auto", "bf16", "fp16"),
+        help="mixed precision (bare --amp = bf16; auto = bf16 where the hardware computes it natively, CUDA or a "
+        "CPU with AVX512-BF16/AMX, else fp32; fp16 = CUDA with GradScaler)",
     )
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="NHWC memory format")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
@@ -339,17 +350,6 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------- one training run: the set-up steps
-@dataclass
-class Progress:
-    """Where a run stands: the next epoch, the best epoch so far and the history (log.csv's rows)."""
-
-    start_epoch: int = 1
-    best_f1: float = -1.0
-    best_epoch: int | None = None
-    best_metrics: dict | None = None
-    history: list = field(default_factory=list)
-
-
 def build_data(args: argparse.Namespace, split: dataset.Split, mean, std, info: DistInfo, device, startup):
     """(training loader, validation loader, training labels); fills the image cache first with --cache."""
     from sampler import build_loaders
@@ -367,17 +367,6 @@ def build_data(args: argparse.Namespace, split: dataset.Split, mean, std, info: 
         split, size, mean, std, args.age_old_threshold, args.batch_size, args.valid_batch_size, workers,
         args.sampler, args.seed, cache, info, pin_memory=device.type == "cuda", device=device,
     )  # fmt: skip
-
-
-def restore_progress(resume: tuple[Path, dict], trainer: Trainer, summary, info: DistInfo) -> Progress:
-    """Put a checkpoint's weights and training state back; where the run stands after its last epoch."""
-    steps_per_epoch = math.ceil(len(trainer.train_loader) / trainer.cfg.accum_steps)
-    t = trainer
-    state = checkpoint.restore(resume, t.raw, t.optimizer, t.scheduler, t.scaler, t.ema, steps_per_epoch, t.when)
-    summary.elapsed_before = state["elapsed_s"]
-    if info.main:
-        print(f"resuming {resume[0]} after epoch {state['epoch']} (best F1 {state['best_f1']:.4f})")
-    return Progress(state["epoch"] + 1, state["best_f1"], state["best_epoch"], state["best_metrics"], state["history"])
 
 
 # --------------------------------------------------------------------------- one training run
@@ -423,7 +412,7 @@ def run_training(
         net, mean, std = build_model(args, device, pretrained=args.pretrained and resume is None)
         loaders = build_data(args, split, mean, std, info, device, run.startup)
         trainer = build_trainer(args, net, loaders, mean, std, device)
-        progress = Progress() if resume is None else restore_progress(resume, trainer, summary, info)
+        progress = Progress() if resume is None else checkpoint.restore_progress(resume, trainer, summary, info.main)
         wrap_for_training(trainer, info, device, args.compile, args.deterministic)
         if info.main:
             from torch.utils.tensorboard import SummaryWriter
@@ -433,7 +422,7 @@ def run_training(
                 f"{run_dir}: {net.model_name} ({args.head} head), {len(split.train)} train / {len(split.valid)} "
                 f"valid images from {image_dir}, {args.resize[0]}x{args.resize[1]} px, {device}"
                 + (f" x{info.world} processes" if info.ddp else "")
-                + (f", amp {args.amp}" if trainer.cfg.amp_dtype else "")
+                + (f", amp {str(trainer.cfg.amp_dtype).removeprefix('torch.')}" if trainer.cfg.amp_dtype else "")
             )
         outcome = run_epochs(run, trainer, progress)
         if outcome == "stopped":
@@ -451,43 +440,63 @@ def run_training(
 
 def run_epochs(run: Run, trainer: Trainer, progress: Progress) -> str:
     """Train and validate epoch by epoch, saving each (rank 0); "finished", "stopped_early" or "stopped"."""
-    from sampler import epoch_seed
-
     args, info, t = run.args, run.info, trainer
     for epoch in range(progress.start_epoch, args.epochs + 1):
         epoch_start = time.perf_counter()
-        # Everything random in an epoch derives from (seed, epoch, rank): resume replays it exactly.
-        seed_everything(epoch_seed(args.seed, epoch, info.rank))
-        t.train_loader.sampler.set_epoch(epoch)
-        rng = np.random.default_rng(epoch_seed(args.seed, epoch, info.rank, stream=3))
         lr = t.optimizer.param_groups[0]["lr"]
         tag = f"epoch {epoch}/{args.epochs}"
-        batch_scheduler = t.scheduler if t.when == "batch" else None
-        first = functools.partial(report_first_batch, run) if info.main and epoch == progress.start_epoch else None
-        train = train_one_epoch(
-            t.net, t.raw, t.train_loader, t.criterion, t.optimizer, t.scaler, batch_scheduler, t.ema, rng, t.cfg,
-            info, f"{tag} train", on_first_batch=first,
-        )  # fmt: skip
-        if t.scheduler is not None and t.when == "epoch":
-            t.scheduler.step()
-        n_valid = len(run.split.valid)
-        valid, probs, y_true = evaluate(t.eval_net, t.valid_loader, t.criterion, n_valid, t.cfg, info, f"{tag} valid")
+        train = train_epoch(run, t, epoch, tag, first=epoch == progress.start_epoch)
+        valid, probs, y_true = None, None, None  # a run on every person (--fold none) has no validation
+        if t.valid_loader is not None:
+            n_valid = len(run.split.valid)
+            valid, probs, y_true = evaluate(
+                t.eval_net, t.valid_loader, t.criterion, n_valid, t.cfg, info, f"{tag} valid"
+            )
         progress.history.append(artifacts.log_row(epoch, lr, train, valid, time.perf_counter() - epoch_start))
-        improved = valid["f1"] > progress.best_f1
+        improved = valid is not None and valid["f1"] > progress.best_f1
         if improved:
             progress.best_f1, progress.best_epoch, progress.best_metrics = valid["f1"], epoch, valid
         if info.main:
             save_epoch(run, trainer, progress, valid, probs if improved else None, y_true)
             print_epoch(tag, train, valid, improved)
-        if args.patience and progress.best_epoch is not None and epoch - progress.best_epoch >= args.patience:
-            if info.main:
-                print(f"early stop: no better valid F1 for {args.patience} epochs (--patience)")
-            return "stopped_early"
-        if args.stop_after is not None and epoch >= args.stop_after and epoch < args.epochs:
-            if info.main:
-                print(f"stopping after epoch {epoch} (--stop-after); continue with --resume {run.run_dir}")
-            return "stopped"
+        outcome = stop_reason(run, progress, epoch)
+        if outcome is not None:
+            return outcome
     return "finished"
+
+
+def train_epoch(run: Run, t: Trainer, epoch: int, tag: str, first: bool) -> dict:
+    """One epoch's training with its seeds and schedule step: everything random in an epoch derives from
+    (seed, epoch, rank), so a resumed run replays it exactly."""
+    from sampler import epoch_seed
+
+    args, info = run.args, run.info
+    seed_everything(epoch_seed(args.seed, epoch, info.rank))
+    t.train_loader.sampler.set_epoch(epoch)
+    rng = np.random.default_rng(epoch_seed(args.seed, epoch, info.rank, stream=3))
+    batch_scheduler = t.scheduler if t.when == "batch" else None
+    on_first = functools.partial(report_first_batch, run) if info.main and first else None
+    train = train_one_epoch(
+        t.net, t.raw, t.train_loader, t.criterion, t.optimizer, t.scaler, batch_scheduler, t.ema, rng, t.cfg,
+        info, f"{tag} train", on_first_batch=on_first,
+    )  # fmt: skip
+    if t.scheduler is not None and t.when == "epoch":
+        t.scheduler.step()
+    return train
+
+
+def stop_reason(run: Run, progress: Progress, epoch: int) -> str | None:
+    """ "stopped_early" (--patience), "stopped" (--stop-after, tests) or None to go on."""
+    args, main = run.args, run.info.main
+    if args.patience and progress.best_epoch is not None and epoch - progress.best_epoch >= args.patience:
+        if main:
+            print(f"early stop: no better valid F1 for {args.patience} epochs (--patience)")
+        return "stopped_early"
+    if args.stop_after is not None and epoch >= args.stop_after and epoch < args.epochs:
+        if main:
+            print(f"stopping after epoch {epoch} (--stop-after); continue with --resume {run.run_dir}")
+        return "stopped"
+    return None
 
 
 def report_first_batch(run: Run) -> None:
@@ -507,6 +516,8 @@ def save_epoch(run: Run, trainer: Trainer, progress: Progress, valid: dict, best
         args.age_old_threshold, epoch, valid, config.json_args(args),
     )  # fmt: skip
     eval_state = trainer.eval_net.state_dict()
+    if valid is None:  # no validation to choose by: best.pt is the latest weights, what inference reads
+        atomic_torch_save(run_dir / "best.pt", checkpoint.base_checkpoint(eval_state, meta))
     if best_probs is not None:
         atomic_torch_save(run_dir / "best.pt", checkpoint.base_checkpoint(eval_state, meta))
         artifacts.write_valid_preds(run_dir / "valid_preds.csv", run.split.valid, y_true, best_probs)
@@ -529,14 +540,16 @@ def save_epoch(run: Run, trainer: Trainer, progress: Progress, valid: dict, best
     )
 
 
-def print_epoch(tag: str, train: dict, valid: dict, improved: bool) -> None:
+def print_epoch(tag: str, train: dict, valid: dict | None, improved: bool) -> None:
     mark = " *" if improved else ""
-    print(
-        f"{tag}: train loss {train['loss']:.4f} f1 {train['f1']:.4f} | valid loss {valid['loss']:.4f} "
-        f"acc {valid['acc']:.4f} f1 {valid['f1']:.4f} (mask {valid['f1_mask']:.3f} gender "
-        f"{valid['f1_gender']:.3f} age {valid['f1_age']:.3f}) | {train['images_per_s']:.0f} img/s{mark}",
-        flush=True,
+    scored = (
+        f"valid loss {valid['loss']:.4f} acc {valid['acc']:.4f} f1 {valid['f1']:.4f} (mask {valid['f1_mask']:.3f} "
+        f"gender {valid['f1_gender']:.3f} age {valid['f1_age']:.3f})"
+        if valid is not None
+        else "no validation"
     )
+    rate = f"{train['images_per_s']:.0f} img/s{mark}"
+    print(f"{tag}: train loss {train['loss']:.4f} f1 {train['f1']:.4f} | {scored} | {rate}", flush=True)
 
 
 def finish(run: Run, progress: Progress, stopped_early: bool) -> dict:
@@ -550,6 +563,11 @@ def finish(run: Run, progress: Progress, stopped_early: bool) -> dict:
             global_step=progress.best_epoch,
         )
     run.summary.write(status="finished", end_time=artifacts.now_iso(), stopped_early=stopped_early)
+    if run.info.main and not run.split.valid and progress.history:
+        print(
+            f"done: {progress.history[-1]['epoch']} epochs on every person, no validation (best.pt = the last "
+            f"epoch's weights); run dir {run.run_dir} (best.pt, last.pt, log.csv)"
+        )
     if run.info.main and best is not None:
         print(
             f"done: best epoch {progress.best_epoch}, valid F1 {best['f1']:.4f} (acc {best['acc']:.4f}, "
@@ -566,24 +584,46 @@ def make_run_dir(parent: Path, name: str, info: DistInfo) -> Path:
     return Path(broadcast(chosen, info))
 
 
-def run_cv(
-    args: argparse.Namespace,
-    persons,
-    records,
-    image_dir: Path,
-    info: DistInfo,
-    device,
-    name: str,
-    resume_parent: Path | None,
-    startup: artifacts.Startup,
-) -> dict:
+@dataclass
+class TrainData:
+    """What the runs split: train/'s persons and image records (label fixes applied), the folder they were read
+    from, and the pseudo-labelled eval images of --pseudo (training only, whatever the fold)."""
+
+    persons: list
+    records: list
+    image_dir: Path
+    pseudo: list = field(default_factory=list)
+
+    def split(self, args: argparse.Namespace, fold) -> dataset.Split:
+        split = dataset.split_records(
+            self.records, self.persons, fold, args.folds, args.split_seed, args.val_ratio, args.drop_ages
+        )
+        split.train = split.train + self.pseudo  # never in validation: the folds stay the persons' folds
+        return split
+
+
+def load_data(args: argparse.Namespace, main_rank: bool) -> TrainData:
+    """train/ with its label fixes, and --pseudo's eval images from the same kind of folder (crops or photos)."""
+    image_dir = dataset.resolve_image_dir(args.data_dir, "train", args.image_dir)
+    fixes = dataset.label_fixes_path(args.label_fixes)
+    log = print if main_rank else None
+    persons, records = dataset.load_train(args.data_dir, args.image_dir, label_fixes=fixes, log=log)
+    if main_rank:
+        print(f"images: {image_dir} (--image-dir {args.image_dir})")
+    pseudo = dataset.read_pseudo_labels(args.pseudo, args.data_dir, image_dir.name) if args.pseudo else []
+    if main_rank and args.pseudo:
+        print(f"pseudo labels: {len(pseudo)} eval images from {args.pseudo} join training (never validation)")
+    return TrainData(persons, records, image_dir, pseudo)
+
+
+def run_cv(args, data: TrainData, info: DistInfo, device, name: str, resume_parent: Path | None, startup) -> dict:
     """Every fold in turn into <name>/fold<k>, then the out-of-fold CV score; a resumed CV skips finished folds."""
     parent = resume_parent or make_run_dir(Path(args.output_dir), name, info)
     results = []
     for fold in range(args.folds):
         startup = startup if fold == 0 else artifacts.Startup(time.perf_counter())  # a later fold: from its start
         resumed = resume_parent is not None
-        result = run_fold(args, fold, parent, persons, records, image_dir, info, device, resumed, startup)
+        result = run_fold(args, fold, parent, data, info, device, resumed, startup)
         results.append(result)
         if result.get("status") == "stopped":
             return {"status": "stopped", "run_dir": str(parent)}
@@ -591,7 +631,7 @@ def run_cv(
     return {"status": "finished", "run_dir": str(parent), "cv": cv, "folds": results}
 
 
-def run_fold(args, fold: int, parent: Path, persons, records, image_dir, info, device, resumed: bool, startup) -> dict:
+def run_fold(args, fold: int, parent: Path, data: TrainData, info, device, resumed: bool, startup) -> dict:
     """One fold of a `--fold all` run into parent/fold<k>: skipped when finished, resumed, or trained afresh."""
     fold_args = argparse.Namespace(**{**vars(args), "fold": fold, "resume": None})
     run_dir = parent / f"fold{fold}"
@@ -607,10 +647,8 @@ def run_fold(args, fold: int, parent: Path, persons, records, image_dir, info, d
         resume = checkpoint.resolve_resume(str(run_dir), quiet=not info.main)
         checkpoint.check_resumable(*resume, models.resolve_model_name(args.model), args.head)
     with startup.phase("data"):
-        split = dataset.split_records(
-            records, persons, fold, args.folds, args.split_seed, args.val_ratio, args.drop_ages
-        )
-    return run_training(fold_args, run_dir, split, image_dir, info, device, resume, startup, cv_parent=parent)
+        split = data.split(args, fold)
+    return run_training(fold_args, run_dir, split, data.image_dir, info, device, resume, startup, cv_parent=parent)
 
 
 def import_libraries(startup: artifacts.Startup) -> None:
@@ -641,24 +679,17 @@ def main(args: argparse.Namespace) -> dict:
     try:
         utils.amp_dtype(args.amp, device)  # e.g. fp16 on CPU: refuse before a run directory exists
         with startup.phase("data"):
-            image_dir = dataset.resolve_image_dir(args.data_dir, "train", args.image_dir)
-            fixes = dataset.label_fixes_path(args.label_fixes)
-            log = print if info.main else None
-            persons, records = dataset.load_train(args.data_dir, args.image_dir, label_fixes=fixes, log=log)
-        if info.main:
-            print(f"images: {image_dir} (--image-dir {args.image_dir})")
+            data = load_data(args, info.main)
         model_name = models.resolve_model_name(args.model)
         criterion_name = losses.CRITERIA.canonical(args.criterion)
         name = args.name or config.default_run_name(model_name, criterion_name, args.fold, args.folds)
         if args.fold == "all":
             parent = Path(args.resume) if args.resume else None
-            return run_cv(args, persons, records, image_dir, info, device, name, parent, startup)
+            return run_cv(args, data, info, device, name, parent, startup)
         with startup.phase("data"):
-            split = dataset.split_records(
-                records, persons, args.fold, args.folds, args.split_seed, args.val_ratio, args.drop_ages
-            )
+            split = data.split(args, args.fold)
         run_dir = resume[0].parent if resume else make_run_dir(Path(args.output_dir), name, info)
-        return run_training(args, run_dir, split, image_dir, info, device, resume, startup)
+        return run_training(args, run_dir, split, data.image_dir, info, device, resume, startup)
     finally:
         close_distributed(info)
 

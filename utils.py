@@ -341,11 +341,24 @@ def resolve_device(name: str = "auto"):
         raise UserError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N") from None
 
 
-def amp_dtype(amp: str, device):
-    """The dtype of --amp off/bf16/fp16 on ``device`` (None: fp32), refusing what the device cannot do."""
+def native_bf16(device) -> bool:
+    """Whether ``device`` computes bfloat16 natively (CUDA with bf16; CPUs with AVX512-BF16 or AMX): elsewhere
+    bf16 is emulated and slower than fp32."""
     import torch
 
-    if amp == "off":
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def amp_dtype(amp: str, device):
+    """The dtype of --amp off/auto/bf16/fp16 on ``device`` (None: fp32), refusing what the device cannot do;
+    auto is bf16 where the device computes it natively, else fp32."""
+    import torch
+
+    if amp == "off" or (amp == "auto" and not native_bf16(device)):
         return None
     if amp == "fp16":
         if device.type != "cuda":

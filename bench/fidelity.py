@@ -36,7 +36,7 @@ PY = sys.executable
 # The demo's recipe (Makefile DEMO_TRAIN): what a user of the stand-in trains first.
 RECIPE = (
     "--model", "timm:resnet10t", "--no-pretrained", "--resize", "96", "72", "--cache", "--folds", "5",
-    "--head", "multi", "--cutmix", "0.5", "--batch-size", "32", "--lr", "0.003", "--workers", "0",
+    "--head", "multi", "--cutmix", "0.5", "--batch-size", "32", "--lr", "0.003", "--workers", "0", "--amp", "auto",
 )  # fmt: skip
 QUICK_RECIPE = (
     "--model", "test_resnet", "--no-pretrained", "--resize", "32", "24", "--cache", "--folds", "3",

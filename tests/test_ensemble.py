@@ -325,3 +325,180 @@ def test_oof_refuses_other_fold_split(tmp_path, capsys):
     fake_oof_run(tmp_path / "runs" / "b" / "fold0", rels[:4], y[:4], p[:4], 0, seed=7)
     code, err = run_main_inline(argv, capsys)
     assert code == 2 and err.startswith("error: member b/fold0 was trained on another fold split")
+
+
+# --------------------------------------------------------------------------- --weights auto
+def test_macro_f1_matches_sklearn():
+    rng = np.random.default_rng(6)
+    for n, classes in ((7, 18), (300, 18), (300, 5)):  # few rows: many classes absent from both arrays
+        y, p = rng.integers(0, classes, size=n), rng.integers(0, classes, size=n)
+        assert ensemble.macro_f1(y, p) == pytest.approx(dataset.classification_metrics(y, p)["f1"])
+
+
+def test_simplex_grid_and_resolution():
+    grid = ensemble.simplex_grid(3, 20)
+    assert grid.shape == (231, 3) and np.allclose(grid.sum(axis=1), 1) and grid.min() == 0
+    assert len({tuple(r) for r in grid.round(9)}) == len(grid)  # no point twice
+    assert ensemble.simplex_grid(2, 2).tolist() == [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]
+    assert [ensemble.grid_resolution(g) for g in (1, 2, 3, 4, 5, 9)] == [20, 20, 20, 10, 5, 4]
+
+
+def informative_and_noise(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, probs of a group right on 80% of the rows, probs of a confident group that is pure noise)."""
+    y = rng.integers(0, C, size=n)
+    good = rng.dirichlet(np.ones(C) * 0.3, size=n)
+    good[np.arange(n)[: int(0.8 * n)], y[: int(0.8 * n)]] += 1
+    noise = rng.dirichlet(np.ones(C) * 0.1, size=n)
+    return y, good / good.sum(axis=1, keepdims=True), noise
+
+
+def test_search_group_weights_prefers_the_informative_group():
+    y, good, noise = informative_and_noise(np.random.default_rng(7), 400)
+    w = ensemble.search_group_weights(np.stack([good, noise]), y)
+    assert w.sum() == pytest.approx(1) and w[0] >= 0.7 > 0.3 >= w[1]
+    w = ensemble.search_group_weights(np.stack([noise, good]), y)  # order does not matter
+    assert w[1] >= 0.7 > 0.3 >= w[0]
+    f1 = {tuple(v): ensemble.macro_f1(y, soft_vote(np.stack([noise, good]), v).argmax(axis=1)) for v in ([0.5, 0.5], w)}
+    assert f1[tuple(w)] > f1[(0.5, 0.5)]
+
+
+def test_search_group_weights_ties_go_to_equal_weights():
+    y, good, _ = informative_and_noise(np.random.default_rng(8), 200)
+    np.testing.assert_allclose(ensemble.search_group_weights(np.stack([good, good]), y), [0.5, 0.5])
+    # 1/3 is no multiple of 0.05: equal weights are a candidate of their own
+    np.testing.assert_allclose(ensemble.search_group_weights(np.stack([good] * 3), y), [1 / 3] * 3)
+    np.testing.assert_allclose(ensemble.search_group_weights(good[None], y), [1.0])
+
+
+def test_parse_weights():
+    assert ensemble.parse_weights(None) is None
+    assert ensemble.parse_weights(["1", "2.5", "0"]) == [1.0, 2.5, 0.0]
+    assert ensemble.parse_weights(["AUTO"]) == "auto"
+    with pytest.raises(UserError, match="--weights 'x' is not a number; give one number per member, or the word auto"):
+        ensemble.parse_weights(["1", "x"])
+    with pytest.raises(UserError, match="stands alone"):
+        ensemble.parse_weights(["auto", "1"])
+
+
+@pytest.fixture
+def model_groups(tmp_path):
+    """runs/{a,b}/fold{0,1}: valid_preds.csv (a informative, b noise) and eval predictions (50 images)."""
+    rng = np.random.default_rng(9)
+    oof = {}
+    for k in (0, 1):
+        rels = [f"{k}{i:03d}_male_Asian_30/mask{j}.jpg" for i in range(20) for j in range(1, 4)]
+        y, good, noise = informative_and_noise(rng, len(rels))
+        for group, p in (("a", good), ("b", noise)):
+            order = rng.permutation(len(rels))  # members list the same rows in different orders
+            fake_oof_run(tmp_path / "runs" / group / f"fold{k}", [rels[i] for i in order], y[order], p[order], k)
+    ids = [f"{i:040x}.jpg" for i in range(50)]
+    for name in ("a/fold0", "a/fold1", "b/fold0", "b/fold1"):
+        fake_eval_run(tmp_path / "runs" / name, ids, rng.dirichlet(np.ones(C), size=len(ids)))
+        oof[name] = _read_valid_preds(tmp_path / "runs" / name / "valid_preds.csv")
+    return tmp_path, oof
+
+
+def _hand_oof(oof: dict, groups: dict[str, list[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, (G, N, C) probabilities) of the groups on their common rows, rows sorted by rel."""
+    per_group = []
+    for members in groups.values():
+        rows = {rel: (y, p) for name in members for rel, y, p in zip(*oof[name])}
+        per_group.append(dict(sorted(rows.items())))
+    common = sorted(set.intersection(*(set(rows) for rows in per_group)))
+    y = np.array([per_group[0][rel][0] for rel in common])
+    return y, np.stack([np.stack([rows[rel][1] for rel in common]) for rows in per_group])
+
+
+def test_cli_weights_auto_soft(model_groups, capsys):
+    root, oof = model_groups
+    out = root / "auto.csv"
+    parents = [str(root / "runs" / "a"), str(root / "runs" / "b")]  # --fold all parents stand for their folds
+    argv = ["--mode", "soft", "--runs", *parents, "--weights", "auto", "--out", str(out)]
+    report = ensemble.main(ensemble.get_args_parser().parse_args(argv))
+    printed = capsys.readouterr().out
+
+    y, probs = _hand_oof(oof, {"a": ["a/fold0", "a/fold1"], "b": ["b/fold0", "b/fold1"]})
+    expected = ensemble.search_group_weights(probs, y)
+    assert expected[0] >= 0.7  # the informative group wins
+    saved = json.loads((root / "auto_report.json").read_text())
+    auto = saved["auto_weights"]
+    assert auto["groups"] == pytest.approx({"a": expected[0], "b": expected[1]})
+    assert auto["rows"] == 120 and auto["persons"] == 40
+    f1_equal = dataset.classification_metrics(y, soft_vote(probs).argmax(axis=1))["f1"]
+    f1_auto = dataset.classification_metrics(y, soft_vote(probs, expected).argmax(axis=1))["f1"]
+    assert auto["oof_f1_equal"] == pytest.approx(f1_equal) and auto["oof_f1_auto"] == pytest.approx(f1_auto)
+    assert f1_auto > f1_equal and auto["oof_metrics_auto"]["f1_age"] >= 0
+    assert f"OOF equal weights: f1 {f1_equal:.4f}" in printed and f"OOF auto weights:  f1 {f1_auto:.4f}" in printed
+
+    # The eval ensemble: each group's weight split between its two folds.
+    assert [m["run"] for m in report["members"]] == ["a/fold0", "a/fold1", "b/fold0", "b/fold1"]
+    member_w = [expected[0] / 2, expected[0] / 2, expected[1] / 2, expected[1] / 2]
+    assert [m["weight"] for m in report["members"]] == pytest.approx(member_w)
+    eval_probs = np.stack(
+        [np.load(root / "runs" / n / "eval_probs.npy") for n in ("a/fold0", "a/fold1", "b/fold0", "b/fold1")]
+    )
+    mean = np.tensordot(np.array(member_w) / sum(member_w), eval_probs.astype(np.float64), axes=1)
+    np.testing.assert_allclose(np.load(root / "auto_probs.npy"), mean, atol=1e-6)
+    ans = [int(line.split(",")[1]) for line in out.read_text().splitlines()[1:]]
+    assert ans == mean.argmax(axis=1).tolist()
+
+    # --oof with auto: every row is covered by both groups, so its CV is the auto weights' OOF score.
+    report = ensemble.main(ensemble.get_args_parser().parse_args([*argv, "--oof"]))
+    assert report["overall"]["f1"] == pytest.approx(f1_auto)
+    assert [m["weight"] for m in report["members"]] == pytest.approx([expected[0]] * 2 + [expected[1]] * 2)
+    assert json.loads((root / "auto_oof_report.json").read_text())["auto_weights"]["groups"] == auto["groups"]
+
+
+def test_cli_weights_auto_groups_with_other_fold_counts(model_groups, capsys):
+    root, oof = model_groups
+    runs = [str(root / "runs" / n) for n in ("a/fold0", "a/fold1", "b/fold0")]
+    argv = ["--mode", "soft", "--runs", *runs, "--weights", "auto", "--out", str(root / "s.csv")]
+    report = ensemble.main(ensemble.get_args_parser().parse_args(argv))
+    y, probs = _hand_oof(oof, {"a": ["a/fold0", "a/fold1"], "b": ["b/fold0"]})
+    wa, wb = ensemble.search_group_weights(probs, y)
+    assert report["auto_weights"]["rows"] == 60 == len(y)  # fold 0 only: b has no fold 1
+    assert [m["weight"] for m in report["members"]] == pytest.approx([wa / 2, wa / 2, wb])
+    assert "60 out-of-fold rows (20 persons)" in capsys.readouterr().out
+
+    one_group = ["--mode", "soft", "--runs", *runs[:2], "--weights", "auto", "--out", str(root / "one.csv")]
+    report = ensemble.main(ensemble.get_args_parser().parse_args(one_group))
+    assert report["auto_weights"]["groups"] == {"a": 1.0}
+    assert "(one model group: auto is equal weights)" in capsys.readouterr().out
+    assert [m["weight"] for m in report["members"]] == [0.5, 0.5]
+
+
+def test_cli_weights_auto_refusals(model_groups, capsys):
+    root, _ = model_groups
+    runs = root / "runs"
+    (runs / "b" / "fold1" / "valid_preds.csv").unlink()
+    base = ["--mode", "soft", "--runs-dir", str(runs), "--weights", "auto", "--out", str(root / "s.csv")]
+    code, err = run_main_inline(base, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: --weights auto: member b/fold1 (model group b) has no valid_preds.csv")
+    assert not (root / "s.csv").exists()
+
+    # a/fold1 and b/fold0 validated different persons: nothing to choose weights on
+    apart = [str(runs / "a" / "fold1"), str(runs / "b" / "fold0")]
+    code, err = run_main_inline([*base[:2], "--runs", *apart, *base[4:]], capsys)
+    assert code == 2 and "share no validation rows" in err and len(err.strip().splitlines()) == 1
+
+    code, err = run_main_inline(["--mode", "hard", *base[2:]], capsys)
+    assert code == 2 and err.startswith("error: --weights auto chooses soft-vote weights; use --mode soft")
+    code, err = run_main_inline([*base[:5], "1", "two", *base[6:]], capsys)
+    assert code == 2
+    assert err.strip() == "error: --weights 'two' is not a number; give one number per member, or the word auto"
+
+    # --oof votes fold by fold: a fold whose members' groups all got weight 0 cannot be scored
+    ensemble._check_every_fold_votes([0.5, 0.5, 1.0], [0, 1, 0], ["a/fold0", "a/fold1", "b/fold0"])
+    with pytest.raises(UserError, match=r"weight 0 to every member validating the rows of a/fold1 \(a/fold1\)"):
+        ensemble._check_every_fold_votes([0.0, 0.0, 1.0], [0, 1, 0], ["a/fold0", "a/fold1", "b/fold0"])
+
+
+def test_cli_numeric_weights_unchanged(eval_runs):
+    root, ids, _, probs = eval_runs
+    runs = [str(root / "runs" / n) for n in ("b", "a/fold0")]
+    argv = ["--mode", "soft", "--runs", *runs, "--weights", "1", "2", "--out", str(root / "w.csv")]
+    report = ensemble.main(ensemble.get_args_parser().parse_args(argv))
+    assert [m["weight"] for m in report["members"]] == [1.0, 2.0] and "auto_weights" not in report
+    mean = (probs["b"].astype(np.float32) + 2 * probs["a/fold0"].astype(np.float32)) / 3
+    np.testing.assert_allclose(np.load(root / "w_probs.npy"), mean, atol=1e-6)

@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = (
     "train.py", "dataset.py", "ensemble.py", "experiments.py", "synthetic_data.py",
-    "crop_faces.py", "inference.py", "audit_labels.py", "sweep.py", "verdict.py",
+    "crop_faces.py", "inference.py", "audit_labels.py", "sweep.py", "verdict.py", "pseudo_label.py",
 )  # fmt: skip
 HEAVY = {"torch", "torchvision", "timm"}
 IMPORTED = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*([\w.]+)\s*$", re.MULTILINE)
