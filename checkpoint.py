@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import dataset
-from utils import UserError, unsafe_pickle_global
+from utils import UserError, first_line, unsafe_pickle_global
 
 CHECKPOINT_FORMAT = "maskcls-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -130,29 +130,46 @@ def set_rng_state(state: dict) -> None:
 
 
 # --------------------------------------------------------------------------- reading
-def load_checkpoint(path: Path, mmap: bool = False) -> dict:
-    """torch.load a maskcls checkpoint; a truncated/corrupt/foreign file is a one-line UserError."""
+class CorruptCheckpointError(UserError):
+    """The checkpoint file exists but cannot be read (truncated, not a torch file)."""
+
+
+def read_checkpoint(path: Path, missing: str, damaged: str, foreign: str, mmap: bool = False) -> dict:
+    """torch.load a maskcls checkpoint with ``weights_only=True`` (tensors and plain data only). Each way it can
+    fail is one line, ending with the caller's way out: ``missing`` (no file), ``damaged`` (truncated or not a
+    torch file: a CorruptCheckpointError), ``foreign`` (a torch file train.py did not write). A file holding
+    pickled Python objects is refused as such: weights_only never runs them."""
     import torch
 
     if not path.is_file():
-        raise UserError(f"{path} does not exist; point --resume at a run's last.pt or its directory")
+        raise UserError(f"checkpoint {path} not found; {missing}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch raises RuntimeError/EOFError/UnpicklingError/... for damaged files
-        refused = unsafe_pickle_global(e)
+        refused = unsafe_pickle_global(e)  # else merely damaged: torch raises the same error for both
         if refused:
             raise UserError(
                 f"refusing to load {path}: it holds pickled Python objects ({refused}) that could run code; "
                 "only checkpoints written by train.py (tensors and plain data) are accepted"
             ) from None
-        hint = path.with_name("best.pt")
-        also = (
-            f"; resume from {hint} (its weights, fresh optimiser)" if path.name != "best.pt" and hint.is_file() else ""
-        )
-        raise UserError(f"{path} is truncated or corrupt ({type(e).__name__}){also} or start a new run") from None
+        raise CorruptCheckpointError(
+            f"cannot read checkpoint {path}: truncated or corrupt ({type(e).__name__}: {first_line(e)}); {damaged}"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path} is not a maskcls checkpoint (written by train.py); check the path")
+        raise UserError(f"{path} is not a maskcls checkpoint (no format={CHECKPOINT_FORMAT!r}); {foreign}")
     return ckpt
+
+
+def load_checkpoint(path: Path, mmap: bool = False) -> dict:
+    """A checkpoint to resume from (--resume): what to do instead when it cannot be read."""
+    best = path.with_name("best.pt")
+    damaged = (
+        f"resume from {best} (its weights, fresh optimiser) or start a new run"
+        if path.name != "best.pt" and best.is_file()
+        else "start a new run"
+    )
+    missing = "point --resume at a run's last.pt or its directory"
+    return read_checkpoint(path, missing, damaged, "point --resume at one train.py wrote", mmap=mmap)
 
 
 def fold_dirs(parent: Path) -> list[Path]:
@@ -229,7 +246,7 @@ def restore(resume, raw, optimizer, scheduler, scaler, ema, steps_per_epoch, whe
         if ema is not None:
             ema.module.load_state_dict(ckpt.get("ema_state") or ckpt["model_state"])
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
+        first = first_line(e)
         raise UserError(f"{path} does not fit this model ({first}); resume with the run's own arguments") from None
     epoch = int(ckpt.get("epoch", meta.get("epoch", 0)))
     if "optimizer" in ckpt:

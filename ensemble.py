@@ -175,7 +175,7 @@ def member_names(runs: Sequence[Path]) -> list[str]:
     The parent goes up one more level while that would leave a bare ``fold<k>``, so ``runs/r18/fold0`` and
     ``runs/r18/fold1`` stay ``r18/fold0`` / ``r18/fold1`` (the model group is what comes before ``fold<k>``).
     """
-    resolved = [Path(r).resolve() for r in runs]
+    resolved = [Path(os.path.abspath(r)) for r in runs]  # not resolve(): a symlinked run keeps its link's name
     base = Path(os.path.commonpath([r.parent for r in resolved]))
     while base.parent != base and any(_FOLD_DIR.match(r.relative_to(base).parts[0]) for r in resolved):
         base = base.parent

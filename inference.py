@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import pickle
 import sys
 import time
 import warnings
@@ -32,18 +31,18 @@ import numpy as np
 from tqdm import tqdm
 
 import dataset
-from checkpoint import CHECKPOINT_FORMAT  # one definition: what train.py writes is what is read here
+from checkpoint import CorruptCheckpointError, read_checkpoint  # one reader for train.py and inference.py
 from ensemble import class_distribution, format_class_distribution, format_metrics, ids_sha1, metrics_of, read_answers
 from utils import (
     UserError,
     atomic_save_npy,
     atomic_write_csv,
     atomic_write_json,
+    first_line,
     native_bf16,
     read_csv_table,
     resolve_device,
     run_main,
-    unsafe_pickle_global,
 )
 
 if TYPE_CHECKING:  # torch and the model registry (timm) are imported where used: --help answers without them
@@ -54,38 +53,14 @@ MAX_LISTED = 10  # unreadable images named in the one-line error; eval_meta.json
 
 
 # --------------------------------------------------------------------------- checkpoints
-class CorruptCheckpointError(UserError):
-    """The checkpoint file exists but cannot be read (truncated, not a torch file)."""
-
-
 def load_checkpoint(path: Path) -> dict:
-    """Load a train.py checkpoint with ``weights_only=True`` (tensors and plain data only) and check its meta."""
-    import torch
-
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} not found; train the run first or pass --checkpoint PATH")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        refused = unsafe_pickle_global(e)  # else merely damaged: torch raises the same error for both
-        if not refused:
-            raise CorruptCheckpointError(
-                f"cannot read checkpoint {path}: corrupt (not a torch checkpoint); retrain or pick another with "
-                "--checkpoint"
-            ) from None
-        raise UserError(
-            f"refusing to load {path}: it contains pickled Python objects ({refused}) that could run code; "
-            "only checkpoints written by train.py (tensors and plain data) are accepted"
-        ) from None
-    except Exception as e:  # torch raises RuntimeError/EOFError/KeyError/... depending on how the file is broken
-        raise CorruptCheckpointError(
-            f"cannot read checkpoint {path}: truncated or corrupt ({type(e).__name__}: {_first_line(e)}); "
-            "retrain or pick another with --checkpoint"
-        ) from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(
-            f"{path} is not a maskcls checkpoint (no format={CHECKPOINT_FORMAT!r}); pass one train.py wrote"
-        )
+    """A checkpoint to predict with (checkpoint.read_checkpoint), and a check that its meta says how."""
+    ckpt = read_checkpoint(
+        path,
+        missing="train the run first or pass --checkpoint PATH",
+        damaged="retrain or pick another with --checkpoint",
+        foreign="pass one train.py wrote",
+    )
     meta = ckpt.get("meta")
     missing = [k for k in REQUIRED_META if not isinstance(meta, dict) or k not in meta]
     if missing or "model_state" not in ckpt:
@@ -96,11 +71,6 @@ def load_checkpoint(path: Path) -> dict:
     ):
         raise UserError(f"{path} was not trained on the {dataset.NUM_CLASSES} competition classes; retrain the run")
     return ckpt
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else "no details")[:300]
 
 
 def resolve_checkpoint(run: Path, choice: str) -> tuple[Path, dict]:
@@ -136,7 +106,7 @@ def build_model(ckpt: dict, path: Path, device: torch.device) -> torch.nn.Module
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise UserError(
-            f"{path}: its weights do not fit model {meta['model']} ({meta['head']} head): {_first_line(e)}"
+            f"{path}: its weights do not fit model {meta['model']} ({meta['head']} head): {first_line(e)}"
         ) from None
     return fuse_conv_bn(net.eval()).to(device=device, memory_format=torch.channels_last)
 
@@ -189,7 +159,7 @@ class GuardedDataset:
 
 def _reason(e: Exception, path: Path) -> str:
     """Why an image failed, without the path (the caller names it) or dataset.py's generic advice."""
-    text = _first_line(e) if isinstance(e, UserError) else f"{type(e).__name__}: {_first_line(e)}"
+    text = first_line(e) if isinstance(e, UserError) else f"{type(e).__name__}: {first_line(e)}"
     text = text.split(f"{path}: ", 1)[-1]
     return text.split("; replace it", 1)[0]
 
@@ -291,7 +261,7 @@ def _worker_crash_as_user_error():
         if "DataLoader worker" not in str(e):
             raise
         raise UserError(
-            f"{_first_line(e)}; rerun with --workers 0 to see which image breaks the decoder, or lower --batch-size"
+            f"{first_line(e)}; rerun with --workers 0 to see which image breaks the decoder, or lower --batch-size"
         ) from None
 
 

@@ -184,16 +184,17 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
             torch.save(obj, tmp)
         except RuntimeError as e:
             # torch reports a failed write (disk full, quota) as "[enforce fail ...] unexpected pos": say what it is.
-            reason = f"writing failed, the disk may be full (torch: {_first_line(e)})"
+            reason = f"writing failed, the disk may be full (torch: {first_line(e)})"
             raise OSError(errno.EIO, reason, str(path)) from e
         # Checkpoints are what a crashed or reset server resumes from: make the bytes durable before the rename.
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's first line (its type when it says nothing), for one-line errors."""
     lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
+    return (lines[0] if lines else type(e).__name__)[:limit]
 
 
 def unsafe_pickle_global(e: BaseException) -> str | None:

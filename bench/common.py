@@ -167,6 +167,16 @@ def announce_machine(device=None) -> dict[str, Any]:
     return info
 
 
+def args_json(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed arguments as the results JSON records them (paths as strings)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+
+def data_info(data_dir: Path, **extra: Any) -> dict[str, Any]:
+    """The results JSON's ``data`` entry: the bench data dir, ``extra`` figures about it and its summary."""
+    return {"dir": str(data_dir), **extra, **data_summary(data_dir)}
+
+
 def write_results(out: Path, name: str, payload: dict[str, Any], profile: str | None = None) -> Path:
     """Write ``<name>.json``; a ``profile`` text (--profile) is printed and written to ``<name>_profile.txt``."""
     if profile is not None:
@@ -184,6 +194,28 @@ def write_profile(out: Path, name: str, text: str) -> Path:
     utils.atomic_write_text(path, text)
     print(f"wrote {path}")
     return path
+
+
+# --------------------------------------------------------------------------- profiles
+def stage_times(stages, start_value, n: int) -> list[tuple[str, float]]:
+    """Mean ms of each (name, fn) stage applied in sequence to ``start_value(i)``, over n samples."""
+    totals = [0.0] * len(stages)
+    for i in range(n):
+        value = start_value(i)
+        for k, (_, fn) in enumerate(stages):
+            t0 = time.perf_counter()
+            value = fn(value)
+            totals[k] += time.perf_counter() - t0
+    return [(name, 1000 * t / n) for (name, _), t in zip(stages, totals)]
+
+
+def stage_lines(title: str, stages, items: Sequence[Any], n: int, unit: str, width: int) -> list[str]:
+    """A profile's section for one per-item pipeline: its total ms per ``unit`` and each stage's share."""
+    stage_times(stages, lambda i: items[i], min(n, 5))  # warm-up
+    times = stage_times(stages, lambda i: items[i], n)
+    total = sum(t for _, t in times)
+    lines = [f"\n{title}: {total:.3f} ms/{unit} = {1000 / total:.0f} img/s per core"]
+    return lines + [f"  {name:{width}s} {t:7.3f} ms  {100 * t / total:5.1f}%" for name, t in times]
 
 
 # --------------------------------------------------------------------------- bench data

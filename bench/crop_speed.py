@@ -310,6 +310,151 @@ def _rate(fn, n: int, repeats: int) -> float:
     return n / statistics.median(times)
 
 
+def iou_note(ref: list, boxes: list) -> str:
+    """How well ``boxes`` agree with the baseline's ``ref`` boxes (a missed face counts as IoU 0)."""
+    ious = [crop_faces.box_iou(a, b) if b is not None else 0.0 for a, b in zip(ref, boxes)]
+    return f"IoU {np.mean(ious):.3f} (min {np.min(ious):.3f})"
+
+
+def per_image(mtcnn, pil: list[Image.Image]) -> list:
+    """The baseline's way: one ``detect`` per PIL image; its first box (None where it found no face)."""
+    out = []
+    for im in pil:
+        found, _ = mtcnn.detect(im)
+        out.append(None if found is None else tuple(found[0]))
+    return out
+
+
+def first_boxes(found: list, chunk: list[np.ndarray], downscale: int = 1) -> list:
+    """The face crop_faces would pick among each photo's detections, scaled back to the photo's pixels."""
+    out = []
+    for f, a in zip(found, chunk):
+        j = None if f is None else crop_faces.select_face(f[0], f[1], a.shape[1], a.shape[0])
+        out.append(None if f is None else tuple(f[0][j] * downscale))
+    return out
+
+
+def detect_chunk(detector, chunk: list[np.ndarray], contiguous: bool = True, downscale: int = 1) -> list:
+    """first_boxes of one batch: through the FaceDetector's contiguous tensor, or (not ``contiguous``)
+    MTCNN's own batch of PIL images; ``downscale`` > 1 detects on photos reduced that many times."""
+    if downscale > 1:
+        chunk = [np.asarray(Image.fromarray(a).reduce(downscale)) for a in chunk]
+    if contiguous:
+        return first_boxes(detector.detect(chunk), chunk, downscale)
+    boxes, probs = detector.mtcnn.detect([Image.fromarray(a) for a in chunk])
+    found = [None if b is None else (np.asarray(b, float), np.asarray(p, float)) for b, p in zip(boxes, probs)]
+    return first_boxes(found, chunk, downscale)
+
+
+def batched(detector, arrays: list[np.ndarray], batch: int, contiguous=True, downscale=1, streams=1) -> list:
+    """detect_chunk over ``arrays`` in batches of ``batch``, on ``streams`` threads sharing torch's threads."""
+    import torch
+
+    def one(i):
+        return detect_chunk(detector, arrays[i : i + batch], contiguous, downscale)
+
+    starts = range(0, len(arrays), batch)
+    if streams == 1:
+        return [box for i in starts for box in one(i)]
+    with crop_faces.torch_threads(max(1, torch.get_num_threads() // streams)), ThreadPoolExecutor(streams) as pool:
+        return [box for boxes in pool.map(one, starts) for box in boxes]
+
+
+def one_thread(fn):
+    """``fn`` run with one torch thread."""
+
+    def run():
+        with crop_faces.torch_threads(1):
+            return fn()
+
+    return run
+
+
+def detection_variants(default, pil: list[Image.Image], arrays: list[np.ndarray], det, snapped: float) -> list:
+    """(label, detect all photos) of the baseline and of each speed-up added in turn; ``det`` is crop_faces'
+    detector at the ``snapped`` minimum face size."""
+    import torch
+    from facenet_pytorch import MTCNN
+
+    off_grid, on_grid = MTCNN(min_face_size=80), MTCNN(min_face_size=snapped)
+    plain = crop_faces.FaceDetector(snapped)
+    for net in (plain.mtcnn.rnet, plain.mtcnn.onet):
+        net.to(memory_format=torch.contiguous_format)
+    half = crop_faces.FaceDetector(snapped / 2)
+    bigger = crop_faces.FaceDetector(crop_faces.snap_min_face_size(112))
+    return [
+        ("baseline: MTCNN() per PIL image", lambda: per_image(default, pil)),
+        ("baseline with torch.set_num_threads(1)", one_thread(lambda: per_image(default, pil))),
+        ("min_face_size 80 (off the pyramid grid)", lambda: per_image(off_grid, pil)),
+        (f"min_face_size {snapped:.1f} (snapped to 20/0.709**4)", lambda: per_image(on_grid, pil)),
+        ("  + batch 8 of PIL images", lambda: batched(plain, arrays, 8, contiguous=False)),
+        ("  + contiguous NCHW float tensor", lambda: batched(plain, arrays, 8)),
+        ("  + channels-last R-Net/O-Net", lambda: batched(det, arrays, 8)),
+        ("  + batch 16 instead of 8", lambda: batched(det, arrays, 16)),
+        ("  + 1 torch thread", one_thread(lambda: batched(det, arrays, 8))),
+        ("  + 2 streams x 1 torch thread (crop_faces)", lambda: batched(det, arrays, 8, streams=2)),
+        (
+            f"  + half-res detection (reduce 2, min face {snapped / 2:.1f}) [unused]",
+            lambda: batched(half, arrays, 8, downscale=2, streams=2),
+        ),
+        (
+            f"  + min_face_size {bigger.min_face_size:.1f} instead [unused]",
+            lambda: batched(bigger, arrays, 8, streams=2),
+        ),
+    ]
+
+
+def time_detection(variants: list, ref: list, n: int, repeats: int) -> float:
+    """Print each variant's rate, its ratio to the first (the baseline) and its box agreement; the first's rate."""
+    base_rate = None
+    for label, fn in variants:
+        boxes = fn()
+        rate = _rate(fn, n, repeats)
+        base_rate = base_rate or rate
+        print(f"  {label:72s} {rate:6.1f} img/s  x{rate / base_rate:4.2f}  {iou_note(ref, boxes)}")
+    return base_rate
+
+
+def time_pipeline(split_dir: Path, det, n: int, batch_size: int, repeats: int, base_rate: float) -> None:
+    """The whole crop_faces pipeline with and without decode workers and a second detection stream."""
+    print("levers (whole crop_faces pipeline: decode, detect, crop, encode, manifest):")
+    for workers, streams in ((0, 1), (2, 1), (0, 2), (2, 2)):
+        run = functools.partial(project_pipeline, split_dir, det, batch_size, workers, streams)
+        rate = _rate(run, n, repeats)
+        print(f"  {f'--workers {workers} --detect-streams {streams}':72s} {rate:6.1f} img/s  x{rate / base_rate:4.2f}")
+
+
+def decode_all(files: list[Path], draft: bool) -> None:
+    for f in files:
+        with Image.open(f) as im:
+            if draft:
+                im.draft("RGB", (im.width // 2, im.height // 2))
+            im.load()
+
+
+def encode_all(arrays: list[np.ndarray]) -> None:
+    for a in arrays:
+        Image.fromarray(a[60:460, 50:330]).save(io.BytesIO(), "JPEG", quality=95)
+
+
+def time_io(files: list[Path], arrays: list[np.ndarray], repeats: int) -> None:
+    """JPEG decode (full size and draft mode) and the crops' encode, in img/s."""
+    for label, fn in (
+        ("JPEG decode, full size", lambda: decode_all(files, False)),
+        ("JPEG decode, draft mode 1/2 [unused: crops need full size]", lambda: decode_all(files, True)),
+        ("JPEG encode of a 280x400 crop, q95", lambda: encode_all(arrays)),
+    ):
+        print(f"  {label:72s} {_rate(fn, len(files), repeats):6.1f} img/s")
+
+
+def profile_baseline(default, pil: list[Image.Image]) -> None:
+    print("profile of the baseline loop (top 8 by own time):")
+    prof = cProfile.Profile()
+    prof.runcall(per_image, default, pil)
+    stats = pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime")
+    stats.print_stats(8)
+
+
 def levers(split_dir: Path, files: list[Path], repeats: int, batch_size: int) -> None:
     """Detection-only rates of each speed-up, their box agreement with the baseline, and I/O costs."""
     import torch
@@ -320,114 +465,14 @@ def levers(split_dir: Path, files: list[Path], repeats: int, batch_size: int) ->
     n = len(files)
     default = MTCNN()
     ref = [tuple(default.detect(im)[0][0]) for im in pil]
-
-    def agree(boxes) -> str:
-        ious = [crop_faces.box_iou(a, b) if b is not None else 0.0 for a, b in zip(ref, boxes)]
-        return f"IoU {np.mean(ious):.3f} (min {np.min(ious):.3f})"
-
-    def per_image(mtcnn):
-        out = []
-        for im in pil:
-            found, _ = mtcnn.detect(im)
-            out.append(None if found is None else tuple(found[0]))
-        return out
-
-    def first_boxes(found, chunk, downscale=1):
-        out = []
-        for f, a in zip(found, chunk):
-            j = None if f is None else crop_faces.select_face(f[0], f[1], a.shape[1], a.shape[0])
-            out.append(None if f is None else tuple(f[0][j] * downscale))
-        return out
-
-    def batched(detector, batch, contiguous=True, downscale=1, streams=1):
-        def one(i):
-            chunk = arrays[i : i + batch]
-            if downscale > 1:
-                chunk = [np.asarray(Image.fromarray(a).reduce(downscale)) for a in chunk]
-            if contiguous:
-                return first_boxes(detector.detect(chunk), chunk, downscale)
-            boxes, probs = detector.mtcnn.detect([Image.fromarray(a) for a in chunk])
-            found = [None if b is None else (np.asarray(b, float), np.asarray(p, float)) for b, p in zip(boxes, probs)]
-            return first_boxes(found, chunk, downscale)
-
-        starts = range(0, n, batch)
-        if streams == 1:
-            return [box for i in starts for box in one(i)]
-        with crop_faces.torch_threads(max(1, torch.get_num_threads() // streams)), ThreadPoolExecutor(streams) as pool:
-            return [box for boxes in pool.map(one, starts) for box in boxes]
-
-    def one_thread(fn):
-        def run():
-            with crop_faces.torch_threads(1):
-                return fn()
-
-        return run
-
     snapped = crop_faces.snap_min_face_size(80)
-    off_grid, on_grid = MTCNN(min_face_size=80), MTCNN(min_face_size=snapped)
     det = crop_faces.FaceDetector(snapped)
-    plain = crop_faces.FaceDetector(snapped)
-    for net in (plain.mtcnn.rnet, plain.mtcnn.onet):
-        net.to(memory_format=torch.contiguous_format)
-    half = crop_faces.FaceDetector(snapped / 2)
-    bigger = crop_faces.FaceDetector(crop_faces.snap_min_face_size(112))
-    variants = [
-        ("baseline: MTCNN() per PIL image", lambda: per_image(default)),
-        ("baseline with torch.set_num_threads(1)", one_thread(lambda: per_image(default))),
-        ("min_face_size 80 (off the pyramid grid)", lambda: per_image(off_grid)),
-        (f"min_face_size {snapped:.1f} (snapped to 20/0.709**4)", lambda: per_image(on_grid)),
-        ("  + batch 8 of PIL images", lambda: batched(plain, 8, contiguous=False)),
-        ("  + contiguous NCHW float tensor", lambda: batched(plain, 8)),
-        ("  + channels-last R-Net/O-Net", lambda: batched(det, 8)),
-        ("  + batch 16 instead of 8", lambda: batched(det, 16)),
-        ("  + 1 torch thread", one_thread(lambda: batched(det, 8))),
-        ("  + 2 streams x 1 torch thread (crop_faces)", lambda: batched(det, 8, streams=2)),
-        (
-            f"  + half-res detection (reduce 2, min face {snapped / 2:.1f}) [unused]",
-            lambda: batched(half, 8, downscale=2, streams=2),
-        ),
-        (
-            f"  + min_face_size {bigger.min_face_size:.1f} instead [unused]",
-            lambda: batched(bigger, 8, streams=2),
-        ),
-    ]
+    variants = detection_variants(default, pil, arrays, det, snapped)
     print(f"levers (detection only, {n} decoded 384x512 photos, torch threads {torch.get_num_threads()}):")
-    base_rate = None
-    for label, fn in variants:
-        boxes = fn()
-        rate = _rate(fn, n, repeats)
-        base_rate = base_rate or rate
-        print(f"  {label:72s} {rate:6.1f} img/s  x{rate / base_rate:4.2f}  {agree(boxes)}")
-
-    print("levers (whole crop_faces pipeline: decode, detect, crop, encode, manifest):")
-    for workers, streams in ((0, 1), (2, 1), (0, 2), (2, 2)):
-        run = functools.partial(project_pipeline, split_dir, det, batch_size, workers, streams)
-        rate = _rate(run, n, repeats)
-        print(f"  {f'--workers {workers} --detect-streams {streams}':72s} {rate:6.1f} img/s  x{rate / base_rate:4.2f}")
-
-    def decode(draft: bool):
-        for f in files:
-            with Image.open(f) as im:
-                if draft:
-                    im.draft("RGB", (im.width // 2, im.height // 2))
-                im.load()
-
-    def encode():
-        for a in arrays:
-            Image.fromarray(a[60:460, 50:330]).save(io.BytesIO(), "JPEG", quality=95)
-
-    for label, fn in (
-        ("JPEG decode, full size", lambda: decode(False)),
-        ("JPEG decode, draft mode 1/2 [unused: crops need full size]", lambda: decode(True)),
-        ("JPEG encode of a 280x400 crop, q95", encode),
-    ):
-        print(f"  {label:72s} {_rate(fn, n, repeats):6.1f} img/s")
-
-    print("profile of the baseline loop (top 8 by own time):")
-    prof = cProfile.Profile()
-    prof.runcall(per_image, default)
-    stats = pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime")
-    stats.print_stats(8)
+    base_rate = time_detection(variants, ref, n, repeats)
+    time_pipeline(split_dir, det, n, batch_size, repeats, base_rate)
+    time_io(files, arrays, repeats)
+    profile_baseline(default, pil)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -486,8 +531,7 @@ def main(args: argparse.Namespace) -> int:
         levers(grace_dir, grace_files, args.repeats, args.batch_size)
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     print(f"load average at the end {info['load_average_end']}")
-    args_json = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    common.write_results(args.out, NAME, {"machine": info, "args": args_json, "figures": figures})
+    common.write_results(args.out, NAME, {"machine": info, "args": common.args_json(args), "figures": figures})
     return 0
 
 

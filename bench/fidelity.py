@@ -229,21 +229,31 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="synthetic datasets (one each)")
     parser.add_argument("--train-persons", type=int, default=200)
     parser.add_argument("--eval-persons", type=int, default=200)
-    parser.add_argument("--epochs", type=int, default=15, help="the demo's 15")
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="base-recipe folds to train")
     parser.add_argument(
         "--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS), help="fold-0 variants to train"
     )
-    parser.add_argument("--jobs", type=int, default=2, help="trainings side by side (one thread each on 2 cores)")
     parser.add_argument("--out", type=Path, default=OUT / "fidelity", help="data and runs (reused when rerun)")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run: no usable figures")
+    return add_training_args(parser)
+
+
+def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """What every training bench on the stand-in takes (fidelity.py, winners.py)."""
+    parser.add_argument("--epochs", type=int, default=15, help="the demo's 15")
+    parser.add_argument("--jobs", type=int, default=2, help="trainings side by side (one thread each on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="tiny recipe (QUICK_RECIPE): a smoke run, no figures")
     return parser
 
 
-def main(args: argparse.Namespace) -> dict:
+def training_setup(args: argparse.Namespace) -> tuple[dict, tuple, int]:
+    """The machine (announced), the recipe (--quick: the tiny one) and each side-by-side training's threads."""
     machine = announce_machine()
     recipe = QUICK_RECIPE if args.quick else RECIPE
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    return machine, recipe, max(1, (os.cpu_count() or 1) // args.jobs)
+
+
+def main(args: argparse.Namespace) -> dict:
+    machine, recipe, threads = training_setup(args)
     per_seed = {}
     for seed in args.seeds:
         root = args.out / f"seed{seed}"

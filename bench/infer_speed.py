@@ -96,10 +96,16 @@ def timed(fn, n: int, device: torch.device) -> float:
 
 def profile(project_net, unfused_net, baseline_net, crops, photos, size, mean, std, device, batch_size: int) -> str:
     """Where an inference pass spends its time: per-sample data stages (1 thread) and per-batch model time."""
-    from loader_speed import _stage_times
+    from crop_faces import torch_threads
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # data stages run in DataLoader workers, one thread each
+    with torch_threads(1):  # data stages run in DataLoader workers, one thread each
+        lines = data_stage_lines(crops, photos, size, mean, std)
+    lines += forward_lines(project_net, unfused_net, baseline_net, size, device, batch_size)
+    return "\n".join(lines) + "\n"
+
+
+def data_stage_lines(crops: list[Path], photos: list[Path], size, mean, std) -> list[str]:
+    """Per-sample ms of each data stage: the baseline's, and the project's on crops and on full photos."""
     n = min(50, len(crops), len(photos))
     v1, v2 = baseline_transform(size, mean, std), dataset.eval_transform(size, mean, std)
     stage_sets = (
@@ -112,13 +118,13 @@ def profile(project_net, unfused_net, baseline_net, crops, photos, size, mean, s
     )  # fmt: skip
     lines = [f"per-sample data stages, ms (mean of {n}, 1 thread; output {size[0]}x{size[1]})"]
     for title, stages, items in stage_sets:
-        _stage_times(stages, lambda i, items=items: items[i], min(n, 5))
-        times = _stage_times(stages, lambda i, items=items: items[i], n)
-        total = sum(t for _, t in times)
-        lines.append(f"\n{title}: {total:.3f} ms/sample = {1000 / total:.0f} img/s per core")
-        lines += [f"  {name:40s} {t:7.3f} ms  {100 * t / total:5.1f}%" for name, t in times]
-    torch.set_num_threads(threads)
+        lines += common.stage_lines(title, stages, items, n, "sample", 40)
+    return lines
 
+
+def forward_lines(project_net, unfused_net, baseline_net, size, device, batch_size: int) -> list[str]:
+    """Median ms of one forward pass of a random batch, for each model form and precision."""
+    threads = torch.get_num_threads()
     x = torch.randn(batch_size, 3, *size, device=device)
     cl, mode = torch.channels_last, torch.inference_mode
     modes = (
@@ -128,7 +134,7 @@ def profile(project_net, unfused_net, baseline_net, crops, photos, size, mean, s
         ("bf16 autocast, channels_last", unfused_net, mode, cl, True),
         ("  + BatchNorm folded (project, --amp auto here)", project_net, mode, cl, True),
     )
-    lines.append(f"\nmodel forward, batch {batch_size}, {threads} threads (median of 5 after 2 warm-up):")
+    lines = [f"\nmodel forward, batch {batch_size}, {threads} threads (median of 5 after 2 warm-up):"]
     for title, net, ctx, fmt, amp in modes:
         xi = x.contiguous(memory_format=fmt)
         times = []
@@ -142,7 +148,7 @@ def profile(project_net, unfused_net, baseline_net, crops, photos, size, mean, s
                     times.append(time.perf_counter() - start)
         ms = 1000 * common.median(times)
         lines.append(f"  {title:48s} {ms:8.1f} ms/batch = {1000 * batch_size / ms:7.0f} img/s")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -155,6 +161,49 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-levers", dest="levers", action="store_false", help="skip the lever lines")
     common.add_common_args(parser, batch_size=64)
     return parser
+
+
+def load_net(model_name: str, state: dict, device: torch.device, channels_last: bool) -> torch.nn.Module:
+    """``model_name`` with the checkpoint's weights, on ``device`` in eval mode (BatchNorm not folded)."""
+    net = models.create_model(model_name, head="single", pretrained=False)
+    net.load_state_dict(state)
+    if channels_last:
+        return net.to(device=device, memory_format=torch.channels_last).eval()
+    return net.to(device).eval()
+
+
+def contenders_of(
+    nets: dict, crops: list[Path], photos: list[Path], size, mean, std, device: torch.device, batch_size: int,
+    workers: int, amp: bool, levers: bool,
+) -> dict:  # fmt: skip
+    """name -> a timed pass (images/s) of each way: the project and the baseline, then (``levers``) the levers."""
+    import inference
+
+    n, bs, w = len(crops), batch_size, workers
+
+    def project(paths=crops, tta="none", amp=amp, net=nets["project"], decode="auto"):
+        return lambda: timed(
+            lambda: inference.predict(net, "single", paths, size, mean, std, device, tta, bs, w, amp, decode), n, device
+        )
+
+    def baseline(paths=photos):
+        return lambda: timed(
+            lambda: baseline_predict(nets["baseline"], paths, size, mean, std, device, bs, w), n, device
+        )
+
+    contenders = {"project": project(), "baseline": baseline()}
+    if levers:
+        contenders.update(
+            {
+                "predict --amp off (fp32)": project(amp=False),
+                "predict --amp off, BatchNorm not folded": project(amp=False, net=nets["unfused"]),
+                "predict, DataLoader workers decoding alongside the model (the GPU way)": project(decode="workers"),
+                "predict --tta flip": project(tta="flip"),
+                "predict on full photos (no crops)": project(paths=photos),
+                "baseline loop on crops": baseline(paths=crops),
+            }
+        )
+    return contenders
 
 
 def main(args: argparse.Namespace) -> int:
@@ -174,66 +223,37 @@ def main(args: argparse.Namespace) -> int:
     photos = [Path(p) for _, p in dataset.read_eval_table(data_dir, "images")] * args.passes
     n = len(crops)
     ckpt = checkpoint(args.model, size, mean, std, args.seed)
-    project_net = inference.build_model(ckpt, Path("<bench checkpoint>"), device)
-    unfused_net = models.create_model(args.model, head="single", pretrained=False)
-    unfused_net.load_state_dict(ckpt["model_state"])
-    unfused_net = unfused_net.to(device=device, memory_format=torch.channels_last).eval()
-    baseline_net = models.create_model(args.model, head="single", pretrained=False)
-    baseline_net.load_state_dict(ckpt["model_state"])
-    baseline_net = baseline_net.to(device).eval()
+    nets = {
+        "project": inference.build_model(ckpt, Path("<bench checkpoint>"), device),
+        "unfused": load_net(args.model, ckpt["model_state"], device, channels_last=True),
+        "baseline": load_net(args.model, ckpt["model_state"], device, channels_last=False),
+    }
     amp = inference.resolve_amp("auto", device)
     bs, w = args.batch_size, args.workers
     print(
         f"data: {data_dir} eval set x{args.passes} = {n} images, model {args.model} {size[0]}x{size[1]}, "
         f"batch {bs}, workers {w}, {args.repeats} repeats; --amp auto means {'bf16' if amp else 'fp32'} here"
     )
-
-    def project(paths=crops, tta="none", amp=amp, net=project_net, decode="auto"):
-        return lambda: timed(
-            lambda: inference.predict(net, "single", paths, size, mean, std, device, tta, bs, w, amp, decode), n, device
-        )
-
-    def baseline(paths=photos):
-        return lambda: timed(lambda: baseline_predict(baseline_net, paths, size, mean, std, device, bs, w), n, device)
-
-    contenders = {"project": project(), "baseline": baseline()}
-    if args.levers:
-        contenders.update(
-            {
-                "predict --amp off (fp32)": project(amp=False),
-                "predict --amp off, BatchNorm not folded": project(amp=False, net=unfused_net),
-                "predict, DataLoader workers decoding alongside the model (the GPU way)": project(decode="workers"),
-                "predict --tta flip": project(tta="flip"),
-                "predict on full photos (no crops)": project(paths=photos),
-                "baseline loop on crops": baseline(paths=crops),
-            }
-        )
+    contenders = contenders_of(nets, crops, photos, size, mean, std, device, bs, w, amp, args.levers)
     # Levers run in the same rounds as the two contenders, so load drifts hit every ratio alike.
     runs = common.alternate(contenders, args.repeats)
     base = common.median(runs["baseline"])
-    figures = [
-        common.figure(
-            "inference",
-            common.median(runs["project"]),
-            base,
-            f"{n} images, {'bf16 (--amp auto)' if amp else 'fp32'}, tta none, {w} workers, batch {bs}, "
-            f"median of {args.repeats}",
-        )
-    ]
+    note = f"{n} images, {'bf16 (--amp auto)' if amp else 'fp32'}, tta none, {w} workers, batch {bs}, "
+    figures = [common.figure("inference", common.median(runs["project"]), base, f"{note}median of {args.repeats}")]
     levers = [
         common.lever(k, common.median(v), base, "baseline") for k, v in runs.items() if k not in ("project", "baseline")
     ]
     payload = {
         "machine": info,
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "data": {"dir": str(data_dir), "images": n, **common.data_summary(data_dir)},
+        "args": common.args_json(args),
+        "data": common.data_info(data_dir, images=n),
         "figures": figures,
         "levers": levers,
         "runs": runs,
     }
     text = None
     if args.profile:
-        text = profile(project_net, unfused_net, baseline_net, crops, photos, size, mean, std, device, bs)
+        text = profile(nets["project"], nets["unfused"], nets["baseline"], crops, photos, size, mean, std, device, bs)
     common.write_results(args.out, NAME, payload, text)
     return 0
 

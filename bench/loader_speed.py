@@ -141,18 +141,6 @@ def run_epochs(make_loader, epochs: int, steady_seconds: float = 0.0) -> dict:
 
 
 # --------------------------------------------------------------------------- profile
-def _stage_times(stages, start_value, n: int) -> list[tuple[str, float]]:
-    """Mean ms of each (name, fn) stage applied in sequence to ``start_value(i)``, over n samples."""
-    totals = [0.0] * len(stages)
-    for i in range(n):
-        value = start_value(i)
-        for k, (_, fn) in enumerate(stages):
-            t0 = time.perf_counter()
-            value = fn(value)
-            totals[k] += time.perf_counter() - t0
-    return [(name, 1000 * t / n) for (name, _), t in zip(stages, totals)]
-
-
 def per_image_v2(size, mean, std) -> T.Compose:
     """The per-image torchvision v2 pipeline the project used before dataset.Augment (same augmentations)."""
     from torchvision.transforms import v2
@@ -199,18 +187,28 @@ def per_image_loader(records, size, mean, std, batch_size: int, workers: int, pi
 
 def profile(project_records, photo_records, size, mean, std, n: int, batch_size: int) -> str:
     """Per-image ms of each stage of both pipelines (one process, no workers) and their top ops."""
-    import torch.profiler as tp
-
     from augment import Augment
-    from sampler import SeededBatches
+    from crop_faces import torch_threads
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as inside a DataLoader worker
-    cache = dataset.ImageCache([r.path for r in project_records], size, progress=False, log=None)
-    v1 = baseline_transform(size, mean, std)
-    photos = [r.path for r in photo_records]
-    crops = [r.path for r in project_records]
-    n = min(n, len(photos), len(crops))
+    with torch_threads(1):  # as inside a DataLoader worker
+        cache = dataset.ImageCache([r.path for r in project_records], size, progress=False, log=None)
+        photos = [r.path for r in photo_records]
+        crops = [r.path for r in project_records]
+        n = min(n, len(photos), len(crops))
+        v1 = baseline_transform(size, mean, std)
+        lines = per_image_stage_lines(cache, v1, photos, crops, size, mean, std, n)
+        # The project's path works on whole batches: time its stages per batch, reported per image.
+        train_ds = dataset.TrainDataset(project_records, size, None, cache=cache)
+        augment = Augment(mean, std)
+        batches = [list(range(i, i + batch_size)) for i in range(0, n - batch_size + 1, batch_size)] or [list(range(n))]
+        lines += batch_stage_lines(train_ds, augment, batches)
+        lines += batch_profile_lines(train_ds, augment, batches)
+        lines.append(baseline_cprofile(photos, v1, n))
+    return "\n".join(lines) + "\n"
+
+
+def per_image_stage_lines(cache, v1: T.Compose, photos: list[Path], crops: list[Path], size, mean, std, n: int):
+    """Per-image stage times of the baseline (``v1``) and of the previous project path (cache + per-image v2)."""
     base_stages = [("PIL open+decode+convert RGB (full photo)", lambda p: Image.open(p).convert("RGB"))] + [
         (f"v1 {type(t).__name__}", t) for t in v1.transforms
     ]
@@ -222,46 +220,53 @@ def profile(project_records, photo_records, size, mean, std, n: int, batch_size:
         ("baseline (full photo, PIL + transforms v1)", base_stages, photos),
         ("previous project path (cache + per-image transforms v2)", v2_stages, crops),
     ):
-        _stage_times(stages, lambda i, items=items: items[i], min(n, 5))  # warm-up
-        times = _stage_times(stages, lambda i, items=items: items[i], n)
-        total = sum(t for _, t in times)
-        lines.append(f"\n{title}: {total:.3f} ms/image = {1000 / total:.0f} img/s per core")
-        lines += [f"  {name:48s} {t:7.3f} ms  {100 * t / total:5.1f}%" for name, t in times]
+        lines += common.stage_lines(title, stages, items, n, "image", 48)
+    return lines
 
-    # The project's path works on whole batches: time its stages per batch, reported per image.
-    train_ds = dataset.TrainDataset(project_records, size, None, cache=cache)
-    augment = Augment(mean, std)
-    batches = [list(range(i, i + batch_size)) for i in range(0, n - batch_size + 1, batch_size)] or [list(range(n))]
-    seeded = SeededBatches(train_ds)
+
+def batch_stage_lines(train_ds, augment, batches: list[list[int]]) -> list[str]:
+    """The project's per-batch stages (gather from the cache, Augment), timed per batch and reported per image."""
     stages = [
         ("gather uint8 batch from the cache (index_select)", lambda b: (train_ds.stack(b)[0], b)),
         ("Augment: flip + jitter + affine + normalise, whole batch", lambda x: augment(x[0], x[1])),
     ]
-    _stage_times(stages, lambda i: batches[i % len(batches)], 2)  # warm-up
+    common.stage_times(stages, lambda i: batches[i % len(batches)], 2)  # warm-up
     rounds = max(3, 2 * len(batches))
-    times = _stage_times(stages, lambda i: batches[i % len(batches)], rounds)
+    times = common.stage_times(stages, lambda i: batches[i % len(batches)], rounds)
     per_batch = len(batches[0])
     total = sum(t for _, t in times) / per_batch
-    lines.append(
+    lines = [
         f"\nproject (cache + dataset.Augment per batch of {per_batch}): {total:.3f} ms/image = "
         f"{1000 / total:.0f} img/s per core"
-    )
-    lines += [f"  {name:56s} {t / per_batch:7.3f} ms  {100 * t / per_batch / total:5.1f}%" for name, t in times]
+    ]
+    return lines + [f"  {name:56s} {t / per_batch:7.3f} ms  {100 * t / per_batch / total:5.1f}%" for name, t in times]
+
+
+def batch_profile_lines(train_ds, augment, batches: list[list[int]]) -> list[str]:
+    """torch.profiler's top ops of the project's batches: SeededBatches.__getitems__ then Augment."""
+    import torch.profiler as tp
+
+    from sampler import SeededBatches
+
+    seeded = SeededBatches(train_ds)
     with tp.profile(activities=[tp.ProfilerActivity.CPU]) as prof:
         for b in batches:
             images, _, seeds = seeded.__getitems__([(i, i) for i in b])
             augment(images, seeds.tolist())
-    lines.append(f"\ntorch.profiler, SeededBatches.__getitems__ + Augment, {len(batches)} batches (top 10):")
-    lines.append(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
+    return [
+        f"\ntorch.profiler, SeededBatches.__getitems__ + Augment, {len(batches)} batches (top 10):",
+        prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10),
+    ]
 
+
+def baseline_cprofile(photos: list[Path], v1: T.Compose, n: int) -> str:
+    """cProfile's top functions of the baseline dataset's __getitem__ over the first ``n`` photos."""
     base_ds = BaselineDataset(photos, [0] * len(photos), v1)
     prof = cProfile.Profile()
     prof.runcall(lambda: [base_ds[i] for i in range(n)])
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
-    lines.append(f"\ncProfile of the baseline __getitem__ x{n} (top 12 by own time):\n{buf.getvalue().strip()}")
-    torch.set_num_threads(threads)
-    return "\n".join(lines) + "\n"
+    return f"\ncProfile of the baseline __getitem__ x{n} (top 12 by own time):\n{buf.getvalue().strip()}"
 
 
 # --------------------------------------------------------------------------- CLI
@@ -320,6 +325,63 @@ def contenders_of(args, crops, photos, size, mean, std, pin) -> dict:
     return out
 
 
+def batch_shapes(runs: dict) -> dict:
+    """name -> (shape, dtype) of its first batch; the two contenders must deliver the same batches."""
+    shapes = {name: r[0]["batch"] for name, r in runs.items()}
+    if shapes["project"] != shapes["baseline"]:
+        raise RuntimeError(f"the two loaders deliver different batches: {shapes}")
+    return shapes
+
+
+def medians(runs: dict) -> tuple[dict, dict]:
+    """name -> median steady rate, first-epoch rate and build time; and name -> each round's steady rate."""
+    med = {
+        name: {k: common.median([r[k] for r in rs]) for k in ("steady_rate", "first_rate", "build_s")}
+        for name, rs in runs.items()
+    }
+    steady = {name: [r["steady_rate"] for r in rs] for name, rs in runs.items()}
+    return med, steady
+
+
+def headline_figures(med: dict, steady: dict, batch_shape: tuple, workers: int, repeats: int) -> list[dict]:
+    """The ``loader`` (steady state, with its per-round ratios) and ``loader_first_epoch`` figures."""
+    ratios = [p / b for p, b in zip(steady["project"], steady["baseline"])]
+    figures = [
+        common.figure(
+            "loader",
+            med["project"]["steady_rate"],
+            med["baseline"]["steady_rate"],
+            f"steady state, train.py --cache (no workers) vs baseline {workers} workers, batch "
+            f"{batch_shape}, median of {repeats} interleaved rounds; per-round ratio median "
+            f"{common.median(ratios):.2f}, range {spread(ratios)}; project {spread(steady['project'])}, "
+            f"baseline {spread(steady['baseline'])} img/s",
+        ),
+        common.figure(
+            "loader_first_epoch",
+            med["project"]["first_rate"],
+            med["baseline"]["first_rate"],
+            f"loader build + epoch 1; project cache fill {med['project']['build_s']:.2f}s of it",
+        ),
+    ]
+    figures[0]["round_ratios"] = ratios
+    return figures
+
+
+def lever_lines(med: dict, steady: dict) -> list[dict]:
+    """A ``lever`` line for every contender besides the two, against the baseline's steady rate."""
+    return [
+        common.lever(
+            name,
+            m["steady_rate"],
+            med["baseline"]["steady_rate"],
+            "baseline",
+            f"range {spread(steady[name])}; first epoch {m['first_rate']:.1f} img/s",
+        )
+        for name, m in med.items()
+        if name not in ("project", "baseline")
+    ]
+
+
 def main(args: argparse.Namespace) -> int:
     from utils import resolve_device
 
@@ -345,50 +407,14 @@ def main(args: argparse.Namespace) -> int:
     contenders = contenders_of(args, crops, photos, size, mean, std, device.type == "cuda")
     # Levers run in the same rounds as the two contenders, so load drifts hit every ratio alike.
     runs = common.alternate(contenders, args.repeats)
-    shapes = {name: r[0]["batch"] for name, r in runs.items()}
-    if shapes["project"] != shapes["baseline"]:
-        raise RuntimeError(f"the two loaders deliver different batches: {shapes}")
-    med = {
-        name: {k: common.median([r[k] for r in rs]) for k in ("steady_rate", "first_rate", "build_s")}
-        for name, rs in runs.items()
-    }
-    steady = {name: [r["steady_rate"] for r in rs] for name, rs in runs.items()}
-    ratios = [p / b for p, b in zip(steady["project"], steady["baseline"])]
-    figures = [
-        common.figure(
-            "loader",
-            med["project"]["steady_rate"],
-            med["baseline"]["steady_rate"],
-            f"steady state, train.py --cache (no workers) vs baseline {args.workers} workers, batch "
-            f"{shapes['project'][0]}, median of {args.repeats} interleaved rounds; per-round ratio median "
-            f"{common.median(ratios):.2f}, range {spread(ratios)}; project {spread(steady['project'])}, "
-            f"baseline {spread(steady['baseline'])} img/s",
-        ),
-        common.figure(
-            "loader_first_epoch",
-            med["project"]["first_rate"],
-            med["baseline"]["first_rate"],
-            f"loader build + epoch 1; project cache fill {med['project']['build_s']:.2f}s of it",
-        ),
-    ]
-    figures[0]["round_ratios"] = ratios
-    levers = [
-        common.lever(
-            name,
-            m["steady_rate"],
-            med["baseline"]["steady_rate"],
-            "baseline",
-            f"range {spread(steady[name])}; first epoch {m['first_rate']:.1f} img/s",
-        )
-        for name, m in med.items()
-        if name not in ("project", "baseline")
-    ]
+    shapes = batch_shapes(runs)
+    med, steady = medians(runs)
     payload = {
         "machine": info,
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "data": {"dir": str(data_dir), **common.data_summary(data_dir)},
-        "figures": figures,
-        "levers": levers,
+        "args": common.args_json(args),
+        "data": common.data_info(data_dir),
+        "figures": headline_figures(med, steady, shapes["project"][0], args.workers, args.repeats),
+        "levers": lever_lines(med, steady),
         "runs": runs,
     }
     n = 20 if args.quick else 256

@@ -38,6 +38,7 @@ from utils import UserError, resolve_device, run_main  # noqa: E402
 
 NAME = "memory"
 BUDGET_GIB = 1.5
+GIB = 2**30
 # What the peak PSS is made of: heap/tensors (anon), mapped files (mostly torch's shared libraries), shared memory.
 PSS_PARTS = ("Pss_Anon", "Pss_File", "Pss_Shmem")
 CACHE_LINE = re.compile(r"cache: (\d+) images at (\d+)x(\d+) = ([\d.]+) GiB")
@@ -198,6 +199,88 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def train_run(
+    data_dir: Path, runs_dir: Path, name: str, *, model: str, size: tuple[int, int], epochs: int, batch_size: int,
+    workers: int, device: str, valid_batch_size: int, train_extra: str, interval: float,
+) -> dict:  # fmt: skip
+    """measure() of one ``train.py --cache`` run named ``name`` under ``runs_dir``, started afresh."""
+    shutil.rmtree(runs_dir / name, ignore_errors=True)
+    cmd = [sys.executable, str(common.REPO / "train.py")] + common.train_args(
+        data_dir, runs_dir, name, model=model, size=size, epochs=epochs, batch_size=batch_size, workers=workers,
+        device=device, extra=["--valid-batch-size", str(valid_batch_size), *shlex.split(train_extra)],
+    )  # fmt: skip
+    return measure(cmd, common.clean_env(), interval, runs_dir / f"{name}.log")
+
+
+def floor_run(
+    model: str, batch_size: int, size: tuple[int, int], valid_batch_size: int, steps: int, interval: float, log: Path
+) -> dict:
+    """measure() of bare_loop in a fresh interpreter: the floor the --cache run is compared with."""
+    code = (
+        f"import sys; sys.path[:0] = [{str(common.REPO)!r}, {str(Path(__file__).resolve().parent)!r}]; "
+        f"import memory; memory.bare_loop({model!r}, {batch_size}, {tuple(size)}, "
+        f"{valid_batch_size}, {steps})"
+    )
+    return measure([sys.executable, "-c", code], common.clean_env(), interval, log, False)
+
+
+def memory_figure(runs: list[dict], floor: dict | None, largest_child: int) -> dict:
+    """The ``memory`` figure in GiB: median peak PSS against the cache + BUDGET_GIB budget."""
+    peak = common.median([r["peak_pss"] for r in runs]) / GIB
+    cache = runs[0]["cache_bytes"] / GIB
+    budget = cache + BUDGET_GIB
+    return {
+        "name": "memory",
+        "peak_rss_gib": peak,
+        "cache_gib": cache,
+        "budget_gib": budget,
+        "ok": peak <= budget,
+        "largest_child_maxrss_gib": largest_child / GIB,
+        "floor_gib": floor["peak_pss"] / GIB if floor else None,
+    }
+
+
+def print_peak(fig: dict, runs: list[dict], size: tuple[int, int], epochs: int) -> None:
+    """The ``bench memory`` line, then what its peak RSS is and the other measures beside it."""
+    run = runs[0]
+    rss_sum = common.median([r["peak_rss_sum"] for r in runs]) / GIB
+    print(
+        f"bench memory: peak RSS {fig['peak_rss_gib']:.2f} GiB, cache {fig['cache_gib']:.3f} GiB, budget "
+        f"{fig['budget_gib']:.2f} GiB (cache + {BUDGET_GIB}), {'ok' if fig['ok'] else 'OVER BUDGET'}",
+        flush=True,
+    )
+    print(
+        f"  peak RSS is the process tree's summed PSS (up to {run['processes']} processes: train.py and its "
+        f"train/valid DataLoader workers); plain RSS sum {rss_sum:.2f} GiB "
+        f"(shared pages counted per process), main process VmHWM {run['main_hwm'] / GIB:.2f} GiB, "
+        f"largest child ru_maxrss {fig['largest_child_maxrss_gib']:.2f} GiB; {run['cache_images']} images cached "
+        f"at {size[0]}x{size[1]}, {epochs} epochs, {run['samples']} samples"
+    )
+
+
+def print_breakdown(parts: dict[str, int], uss: list[int]) -> None:
+    """What the peak (PSS ``parts``) is made of: train.py against its workers, anon/file/shmem, and each
+    process's private bytes (``uss``, train.py first)."""
+    print(
+        f"  at the peak: train.py {parts['main'] / GIB:.2f} GiB + workers {parts['workers'] / GIB:.2f} GiB; "
+        + ", ".join(f"{k.split('_')[1].lower()} {parts[k] / GIB:.2f} GiB" for k in PSS_PARTS)
+        + " (anon = heap and tensors, file = mapped libraries, shmem = the cache and worker batches); private "
+        + "(USS) per process: "
+        + ", ".join(f"{u / GIB:.2f}" for u in uss)
+        + " GiB (train.py first)"
+    )
+
+
+def print_floor(fig: dict, floor: dict, model: str, batch_size: int, valid_batch_size: int) -> None:
+    over = fig["peak_rss_gib"] - floor["peak_pss"] / GIB
+    print(
+        f"  floor: bare PyTorch ({model}, fp32 AdamW steps at batch {batch_size} + a "
+        f"no_grad batch of {valid_batch_size}, train.py's imports, no data, no workers) peaks at "
+        f"{floor['peak_pss'] / GIB:.2f} GiB; the --cache run is {over:+.2f} GiB over it "
+        f"(cache {fig['cache_gib']:.3f} GiB)"
+    )
+
+
 def main(args: argparse.Namespace) -> int:
     common.check_common_args(args)
     size = common.parse_size(args.resize, (128, 96))
@@ -209,72 +292,28 @@ def main(args: argparse.Namespace) -> int:
     runs_dir = args.out / "memory_runs"
     runs = []
     for r in range(args.repeats):
-        name = f"memory_r{r + 1}"
-        shutil.rmtree(runs_dir / name, ignore_errors=True)
-        cmd = [sys.executable, str(common.REPO / "train.py")] + common.train_args(
-            data_dir, runs_dir, name, model=args.model, size=size, epochs=args.epochs, batch_size=args.batch_size,
-            workers=args.workers, device=str(device),
-            extra=["--valid-batch-size", str(args.valid_batch_size), *shlex.split(args.train_extra)],
+        run = train_run(
+            data_dir, runs_dir, f"memory_r{r + 1}", model=args.model, size=size, epochs=args.epochs,
+            batch_size=args.batch_size, workers=args.workers, device=str(device),
+            valid_batch_size=args.valid_batch_size, train_extra=args.train_extra, interval=args.interval,
         )  # fmt: skip
-        runs.append(measure(cmd, common.clean_env(), args.interval, runs_dir / f"{name}.log"))
+        runs.append(run)
     floor = None
     if args.floor:
-        code = (
-            f"import sys; sys.path[:0] = [{str(common.REPO)!r}, {str(Path(__file__).resolve().parent)!r}]; "
-            f"import memory; memory.bare_loop({args.model!r}, {args.batch_size}, {tuple(size)}, "
-            f"{args.valid_batch_size}, {2 if args.quick else 5})"
-        )
-        floor = measure([sys.executable, "-c", code], common.clean_env(), args.interval, runs_dir / "floor.log", False)
+        steps = 2 if args.quick else 5
+        log = runs_dir / "floor.log"
+        floor = floor_run(args.model, args.batch_size, size, args.valid_batch_size, steps, args.interval, log)
     largest_child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
-    gib = 2**30
-    peak = common.median([r["peak_pss"] for r in runs]) / gib
-    cache = runs[0]["cache_bytes"] / gib
-    budget = cache + BUDGET_GIB
-    ok = peak <= budget
-    rss_sum = common.median([r["peak_rss_sum"] for r in runs]) / gib
-    print(
-        f"bench memory: peak RSS {peak:.2f} GiB, cache {cache:.3f} GiB, budget {budget:.2f} GiB "
-        f"(cache + {BUDGET_GIB}), {'ok' if ok else 'OVER BUDGET'}",
-        flush=True,
-    )
-    print(
-        f"  peak RSS is the process tree's summed PSS (up to {runs[0]['processes']} processes: train.py and its "
-        f"train/valid DataLoader workers); plain RSS sum {rss_sum:.2f} GiB "
-        f"(shared pages counted per process), main process VmHWM {runs[0]['main_hwm'] / gib:.2f} GiB, "
-        f"largest child ru_maxrss {largest_child / gib:.2f} GiB; {runs[0]['cache_images']} images cached at "
-        f"{size[0]}x{size[1]}, {args.epochs} epochs, {runs[0]['samples']} samples"
-    )
-    parts = runs[0]["peak_pss_parts"]
-    print(
-        f"  at the peak: train.py {parts['main'] / gib:.2f} GiB + workers {parts['workers'] / gib:.2f} GiB; "
-        + ", ".join(f"{k.split('_')[1].lower()} {parts[k] / gib:.2f} GiB" for k in PSS_PARTS)
-        + " (anon = heap and tensors, file = mapped libraries, shmem = the cache and worker batches); private "
-        + "(USS) per process: "
-        + ", ".join(f"{u / gib:.2f}" for u in runs[0]["peak_uss"])
-        + " GiB (train.py first)"
-    )
+    fig = memory_figure(runs, floor, largest_child)
+    print_peak(fig, runs, size, args.epochs)
+    print_breakdown(runs[0]["peak_pss_parts"], runs[0]["peak_uss"])
     if floor is not None:
-        over = peak - floor["peak_pss"] / gib
-        print(
-            f"  floor: bare PyTorch ({args.model}, fp32 AdamW steps at batch {args.batch_size} + a "
-            f"no_grad batch of {args.valid_batch_size}, train.py's imports, no data, no workers) peaks at "
-            f"{floor['peak_pss'] / gib:.2f} GiB; the --cache run is {over:+.2f} GiB over it (cache {cache:.3f} GiB)"
-        )
+        print_floor(fig, floor, args.model, args.batch_size, args.valid_batch_size)
     payload = {
         "machine": info,
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "data": {"dir": str(data_dir), **common.data_summary(data_dir)},
-        "figures": [
-            {
-                "name": "memory",
-                "peak_rss_gib": peak,
-                "cache_gib": cache,
-                "budget_gib": budget,
-                "ok": ok,
-                "largest_child_maxrss_gib": largest_child / gib,
-                "floor_gib": floor["peak_pss"] / gib if floor else None,
-            }
-        ],
+        "args": common.args_json(args),
+        "data": common.data_info(data_dir),
+        "figures": [fig],
         "runs": runs,
         "floor": floor,
     }

@@ -95,8 +95,8 @@ def main(args: argparse.Namespace) -> int:
     )
     payload = {
         "machine": info,
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "data": {"dir": str(data_dir), **common.data_summary(data_dir)},
+        "args": common.args_json(args),
+        "data": common.data_info(data_dir),
         "figures": [figure],
         "runs": runs,
     }

@@ -231,6 +231,49 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def warm_up(loops: dict, variants: list[Variant], warm: list, device: torch.device, warmup: int) -> dict[str, str]:
+    """One untimed pass of each loop over ``warm`` (with --compile, its compilation); name -> why it failed."""
+    errors = {}
+    for v in variants:
+        try:
+            start = time.perf_counter()
+            if warmup:
+                loops[v.name].epoch(warm)
+                _sync(device)
+            if v.compile:
+                print(f"  {v.name}: warm-up (compilation) took {time.perf_counter() - start:.1f}s")
+        except Exception as e:  # e.g. no C++ compiler for --compile: report the flag as unavailable
+            errors[v.name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+            print(f"  {v.name} unavailable: {errors[v.name]}")
+    return errors
+
+
+def timed_runs(loops: dict, live: list[Variant], batches: list, device: torch.device, repeats: int) -> dict:
+    """name -> ``repeats`` timed_epoch results of each live loop, in alternating rounds."""
+    # One extra, discarded round first: the first full pass of a loop after the others ran is often several
+    # times slower (fresh allocations, oneDNN primitives), whichever loop it is.
+    runs = common.alternate(
+        {v.name: (lambda v=v: timed_epoch(loops[v.name], batches, device, v.loop == "project")) for v in live},
+        repeats + 1,
+    )
+    return {name: rs[1:] for name, rs in runs.items()}
+
+
+def step_figures(live: list[Variant], runs: dict, n_batches: int, repeats: int) -> list[dict]:
+    """A figure for every variant besides the baseline: its median step rate against the baseline's."""
+    rate = {name: {k: common.median([r[k] for r in rs]) for k in ("epoch", "step")} for name, rs in runs.items()}
+    base = rate["baseline"]["step"]
+    figures = []
+    for v in live[1:]:
+        epoch_ratio = rate[v.name]["epoch"] / rate["baseline"]["epoch"]
+        note = (
+            f"{v.flags}; median step of {n_batches} x {repeats} repeats; whole passes: "
+            f"{rate[v.name]['epoch']:.1f} vs {rate['baseline']['epoch']:.1f} img/s, ratio {epoch_ratio:.2f}"
+        )
+        figures.append(common.figure(v.name, rate[v.name]["step"], base, note))
+    return figures
+
+
 def main(args: argparse.Namespace) -> int:
     common.check_common_args(args)
     if args.threads:
@@ -251,42 +294,14 @@ def main(args: argparse.Namespace) -> int:
     loops = build_loops(variants, args.model, device, args.seed)
     batches = make_batches(n_batches, batch_size, size, device, args.seed)
     warm = make_batches(max(args.warmup, 1), batch_size, size, device, args.seed + 1)
-
-    errors = {}
-    for v in variants:
-        try:
-            start = time.perf_counter()
-            if args.warmup:
-                loops[v.name].epoch(warm)
-                _sync(device)
-            if v.compile:
-                print(f"  {v.name}: warm-up (compilation) took {time.perf_counter() - start:.1f}s")
-        except Exception as e:  # e.g. no C++ compiler for --compile: report the flag as unavailable
-            errors[v.name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
-            print(f"  {v.name} unavailable: {errors[v.name]}")
+    errors = warm_up(loops, variants, warm, device, args.warmup)
     live = [v for v in variants if v.name not in errors]
-    # One extra, discarded round first: the first full pass of a loop after the others ran is often several
-    # times slower (fresh allocations, oneDNN primitives), whichever loop it is.
-    runs = common.alternate(
-        {v.name: (lambda v=v: timed_epoch(loops[v.name], batches, device, v.loop == "project")) for v in live},
-        args.repeats + 1,
-    )
-    runs = {name: rs[1:] for name, rs in runs.items()}
-    rate = {name: {k: common.median([r[k] for r in rs]) for k in ("epoch", "step")} for name, rs in runs.items()}
-    base = rate["baseline"]["step"]
-    figures = []
-    for v in live[1:]:
-        epoch_ratio = rate[v.name]["epoch"] / rate["baseline"]["epoch"]
-        note = (
-            f"{v.flags}; median step of {n_batches} x {args.repeats} repeats; whole passes: "
-            f"{rate[v.name]['epoch']:.1f} vs {rate['baseline']['epoch']:.1f} img/s, ratio {epoch_ratio:.2f}"
-        )
-        figures.append(common.figure(v.name, rate[v.name]["step"], base, note))
+    runs = timed_runs(loops, live, batches, device, args.repeats)
     payload = {
         "machine": info,
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "args": common.args_json(args),
         "config": {"model": args.model, "batch_size": batch_size, "size": list(size), "batches": n_batches},
-        "figures": figures,
+        "figures": step_figures(live, runs, n_batches, args.repeats),
         "unavailable": errors,
         "runs": runs,
     }

@@ -1,0 +1,200 @@
+"""python bench/winners.py --seeds 0 1      # after bench/fidelity.py, on its data and runs
+
+What the winners did, measured on the stand-in against the same recipe without it (issues 15 and 17). For
+each seed of bench/fidelity.py (its data, crops and base-recipe runs are reused; finished runs are reused
+when rerun), every model is the demo's recipe scored on the eval set with last.pt + flip TTA:
+
+- label audit (issue 15): the recipe with --no-label-fixes on all 5 folds, audit_labels.py on their
+  out-of-fold predictions (product and mean combination), bench/audit_quality.py against
+  train/label_truth.csv; then fold 0 retrained with label_fixes.csv + the audit's suggestions merged;
+- pseudo-labels: pseudo_label.py on the 5 base folds (--precision 0.98), its true precision against
+  eval/answers.csv, fold 0 retrained with --pseudo;
+- age boundary: --sampler weighted (old-class oversampling) beside fidelity's old58 and drop57_59;
+- train on all persons: --fold none with the recipe's epochs, against fold 0 and the 5-fold ensemble;
+- different backbones: resnet14t on folds 0-1 beside the recipe's resnet10t, soft vote with equal weights,
+  with --weights auto (chosen on the out-of-fold predictions), and a hard vote.
+
+Writes bench/out/winners.json and prints one table per seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from common import OUT, REPO, args_json, write_results
+from fidelity import PY, add_training_args, eval_metrics, is_done, run, run_job, training_setup
+
+SECOND_BACKBONE = "timm:resnet14t"
+
+
+def variant_jobs(data: Path, runs: Path, recipe: tuple, epochs: int, folds: int) -> list[tuple[str, list]]:
+    """(name, train.py command) of the runs that need nothing but the data."""
+    common = [PY, "train.py", *recipe, "--data-dir", str(data), "--output-dir", str(runs), "--epochs", str(epochs)]
+    jobs = [(nofix_name(k), [*common, "--fold", str(k), "--no-label-fixes"]) for k in range(folds)]
+    jobs += [
+        ("weighted", [*common, "--fold", "0", "--sampler", "weighted"]),
+        ("all", [*common, "--fold", "none"]),
+        *((f"bb2_f{k}", [*common, "--fold", str(k), "--model", SECOND_BACKBONE]) for k in (0, 1)),
+    ]
+    return [(name, [*cmd, "--name", name]) for name, cmd in jobs]
+
+
+def nofix_name(fold: int) -> str:
+    return "no_fixes" if fold == 0 else f"nofix_f{fold}"  # fold 0 is fidelity's no_fixes variant
+
+
+def run_pool(jobs: list, runs: Path, data: Path, n_jobs: int, threads: int) -> None:
+    with ThreadPoolExecutor(n_jobs) as pool:
+        list(pool.map(functools.partial(run_job, runs=runs, data=data, threads=threads), jobs))
+
+
+def audit(runs: Path, data: Path, folds: int, combine: str) -> dict:
+    """audit_labels.py on the --no-label-fixes folds, scored by bench/audit_quality.py."""
+    out = runs / f"audit_{combine}"
+    members = [str(runs / nofix_name(k)) for k in range(folds)]
+    run(
+        [PY, "audit_labels.py", "--runs", *members, "--out", str(out), "--combine", combine],
+        runs / f"{out.name}.log",
+        2,
+    )
+    run([PY, "bench/audit_quality.py", "--data-dir", str(data), "--audit", str(out)], runs / f"{out.name}_q.log", 1)
+    return json.loads((out / "audit_quality.json").read_text())
+
+
+def merged_fixes(runs: Path) -> Path:
+    """label_fixes.csv plus the product audit's suggestions it lacks (by id and field)."""
+    import csv
+
+    import dataset
+
+    out = runs / "fixes_merged.csv"
+    with open(dataset.DEFAULT_FIXES, newline="") as f:
+        rows = list(csv.reader(f))
+    have = {(r[0], r[1]) for r in rows[1:]}
+    with open(runs / "audit_product" / "label_fixes_suggested.csv", newline="") as f:
+        suggested = list(csv.reader(f))[1:]
+    rows += [r for r in suggested if (r[0], r[1]) not in have]
+    with open(out, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return out
+
+
+def pseudo(runs: Path, data: Path, folds: int) -> dict:
+    out = runs / "pseudo.csv"
+    members = [str(runs / f"base_f{k}") for k in range(folds)]
+    answers = str(data / "eval" / "answers.csv")
+    run([PY, "pseudo_label.py", "--runs", *members, "--out", str(out), "--answers", answers], runs / "pseudo.log", 2)
+    return json.loads((runs / "pseudo_report.json").read_text())
+
+
+def dependent_jobs(data: Path, runs: Path, recipe: tuple, epochs: int) -> list[tuple[str, list]]:
+    common = [PY, "train.py", *recipe, "--data-dir", str(data), "--output-dir", str(runs), "--epochs", str(epochs)]
+    return [
+        ("audfix", [*common, "--fold", "0", "--label-fixes", str(runs / "fixes_merged.csv"), "--name", "audfix"]),
+        ("pseudo_f0", [*common, "--fold", "0", "--pseudo", str(runs / "pseudo.csv"), "--name", "pseudo_f0"]),
+    ]
+
+
+def model_groups(runs: Path, groups: dict[str, str], folds: tuple) -> list[Path]:
+    """Links runs/mixed/<group>_fold<k> -> runs/<prefix><k>: ensemble.py's model groups go by the run names."""
+    mixed = runs / "mixed"
+    mixed.mkdir(exist_ok=True)
+    links = []
+    for group, prefix in groups.items():
+        for k in folds:
+            link = mixed / f"{group}_fold{k}"
+            if not link.is_symlink():
+                link.symlink_to(Path("..") / f"{prefix}{k}")
+            links.append(link)
+    return links
+
+
+def ensembles(runs: Path, data: Path, folds: int) -> dict:
+    """Two backbones x folds 0-1: soft equal, soft --weights auto, hard; and the 5 base folds (soft)."""
+    import ensemble
+
+    answers = data / "eval" / "answers.csv"
+    mixed = model_groups(runs, {"resnet10t": "base_f", "resnet14t": "bb2_f"}, (0, 1))
+    out = {}
+    for key, mode, weights in (("soft_equal", "soft", None), ("soft_auto", "soft", "auto"), ("hard", "hard", None)):
+        names = [m.name for m in mixed]
+        cmd = [PY, "ensemble.py", "--mode", mode, "--runs", *map(str, mixed), "--answers", str(answers)]
+        cmd += ["--out", str(runs / f"ens_{key}.csv")] + (["--weights", weights] if weights else [])
+        run(cmd, runs / f"ens_{key}.log", 2)
+        report = json.loads((runs / f"ens_{key}_report.json").read_text())
+        out[key] = {"members": names, "metrics": report["metrics"], "auto_weights": report.get("auto_weights")}
+    base = [runs / f"base_f{k}" for k in range(folds)]
+    out["base_5folds"] = {
+        "metrics": ensemble.ensemble_eval(base, "soft", None, runs / "ens_base5.csv", answers)["metrics"]
+    }
+    return out
+
+
+def seed_report(runs: Path, names: list[str]) -> dict:
+    return {name: eval_metrics(runs / name) for name in names if (runs / name).is_dir() and is_done(runs / name)}
+
+
+def one_seed(root: Path, args: argparse.Namespace, recipe: tuple, threads: int) -> dict:
+    data, runs = root / "data", root / "runs"
+    folds = int(recipe[recipe.index("--folds") + 1])
+    if not (data / "eval" / "crops_manifest.csv").is_file() or not is_done(runs / "base_f0"):
+        raise SystemExit(f"error: {root} has no fidelity data or base runs; run bench/fidelity.py --seeds first")
+    run_pool(variant_jobs(data, runs, recipe, args.epochs, folds), runs, data, args.jobs, threads)
+    report = {
+        "audit": {c: audit(runs, data, folds, c) for c in ("product", "mean")},
+        "pseudo": pseudo(runs, data, folds),
+    }
+    merged_fixes(runs)
+    run_pool(dependent_jobs(data, runs, recipe, args.epochs), runs, data, args.jobs, threads)
+    report["ensembles"] = ensembles(runs, data, folds)
+    names = ["base_f0", "base_f1", "no_fixes", "audfix", "pseudo_f0", "weighted", "old58", "drop57_59", "all"]
+    report["eval"] = seed_report(runs, names + ["bb2_f0", "bb2_f1"])
+    return report
+
+
+def print_seed(seed: int, report: dict) -> None:
+    ev = report["eval"]
+    base = ev["base_f0"]["f1"]
+    print(f"\nseed {seed}: eval macro F1 (mask / gender / age), difference to base_f0 ({base:.4f})")
+    for name, m in ev.items():
+        tasks = f"{m['f1_mask']:.3f}/{m['f1_gender']:.3f}/{m['f1_age']:.3f}"
+        print(f"  {name:<10} {m['f1']:.4f} ({tasks})  {m['f1'] - base:+.4f}")
+    for key, e in report["ensembles"].items():
+        m = e["metrics"]
+        print(f"  ens {key:<11} {m['f1']:.4f} ({m['f1_mask']:.3f}/{m['f1_gender']:.3f}/{m['f1_age']:.3f})")
+    p = report["pseudo"]
+    print(f"  pseudo labels: {json.dumps({k: v for k, v in p.items() if k != 'classes'})[:400]}")
+    for combine, q in report["audit"].items():
+        fields = {
+            f: (r["errors"], r["top_2x"]["recall"], r["recommended"]["precision"]) for f, r in q["fields"].items()
+        }
+        print(f"  audit {combine}: (errors, recall top 2x, precision flagged) {fields}")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="bench/fidelity.py's seeds")
+    parser.add_argument("--fidelity", type=Path, default=OUT / "fidelity", help="bench/fidelity.py's --out")
+    return add_training_args(parser)
+
+
+def main(args: argparse.Namespace) -> dict:
+    machine, recipe, threads = training_setup(args)
+    per_seed = {seed: one_seed(args.fidelity / f"seed{seed}", args, recipe, threads) for seed in args.seeds}
+    for seed, report in per_seed.items():
+        print_seed(seed, report)
+    payload = {"machine": machine, "args": args_json(args), "seeds": per_seed}
+    write_results(args.fidelity.parent, "winners", payload)
+    return payload
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    from utils import run_main
+
+    run_main(lambda: main(get_args_parser().parse_args()))
