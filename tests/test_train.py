@@ -573,3 +573,68 @@ def test_torchrun_two_processes_on_cpu(data_dir, tmp_path):
     preds = read_csv(run / "valid_preds.csv")
     assert len(preds) == 35 and len({r["rel"] for r in preds}) == 35, "padding duplicates removed"
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+
+
+# --------------------------------------------------------------------------- winners' options (issue 17)
+def test_accumulation_groups_and_the_short_last_group():
+    import trainer
+
+    # 5 batches in groups of 2: steps after batches 1, 3 and the short last group (batch 4, alone)
+    got = [trainer.accumulation(i, 5, 2) for i in range(5)]
+    assert got == [(2, False), (2, True), (2, False), (2, True), (1, True)]
+    assert [trainer.accumulation(i, 3, 1) for i in range(3)] == [(1, True)] * 3
+
+
+def test_amp_auto_is_bf16_only_where_native(monkeypatch):
+    import utils
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(utils, "native_bf16", lambda device: True)
+    assert utils.amp_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(utils, "native_bf16", lambda device: False)
+    assert utils.amp_dtype("auto", cpu) is None and utils.amp_dtype("bf16", cpu) == torch.bfloat16
+    assert train.get_args_parser().parse_args(["--amp", "auto"]).amp == "auto"
+
+
+def test_fold_none_trains_on_every_person_without_validation(data_dir, tmp_path):
+    result = train_run(base_args(data_dir, tmp_path, "--fold", "none", "--epochs", "2", "--name", "all"))
+    run = Path(result["run_dir"])
+    assert result["status"] == "finished" and result["best"] is None
+    rows = read_csv(run / "log.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"] and all(r["valid_f1"] == "" for r in rows)
+    assert not (run / "valid_preds.csv").exists()
+    # inference reads best.pt: the last epoch's weights
+    n_images = len(dataset.load_train(data_dir, log=None)[1])
+    best, last = (torch.load(run / f, map_location="cpu", weights_only=True) for f in ("best.pt", "last.pt"))
+    assert best["meta"]["epoch"] == 2 and best["meta"]["metrics"] == {}
+    for k, v in best["model_state"].items():
+        assert torch.equal(v, last["model_state"][k]), k
+    import inference
+
+    assert inference.load_checkpoint(run / "best.pt")["meta"]["epoch"] == 2  # what inference.py --run reads
+    split = dataset.split_records(*reversed(dataset.load_train(data_dir, log=None)), None, 3, 42, 0.0)
+    assert len(split.train) == n_images and split.valid == []
+    # --val-ratio R still holds R of the persons out (what --fold none did before)
+    held = dataset.split_records(*reversed(dataset.load_train(data_dir, log=None)), None, 3, 42, 0.3)
+    assert held.valid and len(held.train) + len(held.valid) == n_images
+
+
+def test_pseudo_labels_join_training_only(data_dir, tmp_path):
+    eval_table = dataset.read_eval_table(data_dir, "images")
+    pseudo_csv = tmp_path / "pseudo.csv"
+    chosen = eval_table[:3]
+    pseudo_csv.write_text("ImageID,ans,prob\n" + "".join(f"{i},{k + 12},0.99\n" for k, (i, _) in enumerate(chosen)))
+    args = train.get_args_parser().parse_args(base_args(data_dir, tmp_path, "--pseudo", str(pseudo_csv)))
+    data = train.load_data(args, main_rank=False)
+    plain = train.TrainData(data.persons, data.records, data.image_dir)
+    for fold in (0, 1, 2):
+        with_pseudo, without = data.split(args, fold), plain.split(args, fold)
+        assert with_pseudo.valid == without.valid  # folds and validation untouched
+        assert with_pseudo.train[: len(without.train)] == without.train
+        added = with_pseudo.train[len(without.train) :]
+        assert [r.label(58) for r in added] == [12, 13, 14] and [r.label(60) for r in added] == [12, 13, 14]
+        assert all(r.path.is_file() and r.person_id.startswith("pseudo:") for r in added)
+    result = train_run(base_args(data_dir, tmp_path, "--pseudo", str(pseudo_csv), "--epochs", "1", "--name", "ps"))
+    run = Path(result["run_dir"])
+    assert not any(r["person_id"].startswith("pseudo:") for r in read_csv(run / "valid_preds.csv"))
+    assert json.loads((run / "config.json").read_text())["args"]["pseudo"] == str(pseudo_csv)
