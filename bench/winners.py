@@ -53,30 +53,33 @@ def run_pool(jobs: list, runs: Path, data: Path, n_jobs: int, threads: int) -> N
         list(pool.map(functools.partial(run_job, runs=runs, data=data, threads=threads), jobs))
 
 
-def audit(runs: Path, data: Path, folds: int, combine: str) -> dict:
+AUDITS = {  # name -> audit_labels.py options: the default, flagging boundary ages too, the mean combination
+    "product": ("--combine", "product"),
+    "product_m0": ("--combine", "product", "--age-margin", "0"),
+    "mean": ("--combine", "mean"),
+}
+
+
+def audit(runs: Path, data: Path, folds: int, name: str) -> dict:
     """audit_labels.py on the --no-label-fixes folds, scored by bench/audit_quality.py."""
-    out = runs / f"audit_{combine}"
+    out = runs / f"audit_{name}"
     members = [str(runs / nofix_name(k)) for k in range(folds)]
-    run(
-        [PY, "audit_labels.py", "--runs", *members, "--out", str(out), "--combine", combine],
-        runs / f"{out.name}.log",
-        2,
-    )
+    cmd = [PY, "audit_labels.py", "--runs", *members, "--out", str(out), *AUDITS[name]]
+    run(cmd, runs / f"{out.name}.log", 2)
     run([PY, "bench/audit_quality.py", "--data-dir", str(data), "--audit", str(out)], runs / f"{out.name}_q.log", 1)
     return json.loads((out / "audit_quality.json").read_text())
 
 
-def merged_fixes(runs: Path) -> Path:
-    """label_fixes.csv plus the product audit's suggestions it lacks (by id and field)."""
+def merged_fixes(runs: Path, audit_name: str, out: Path) -> Path:
+    """label_fixes.csv plus an audit's suggestions it lacks (by id and field), as a user merges them."""
     import csv
 
     import dataset
 
-    out = runs / "fixes_merged.csv"
     with open(dataset.DEFAULT_FIXES, newline="") as f:
         rows = list(csv.reader(f))
     have = {(r[0], r[1]) for r in rows[1:]}
-    with open(runs / "audit_product" / "label_fixes_suggested.csv", newline="") as f:
+    with open(runs / f"audit_{audit_name}" / "label_fixes_suggested.csv", newline="") as f:
         suggested = list(csv.reader(f))[1:]
     rows += [r for r in suggested if (r[0], r[1]) not in have]
     with open(out, "w", newline="") as f:
@@ -96,6 +99,10 @@ def dependent_jobs(data: Path, runs: Path, recipe: tuple, epochs: int) -> list[t
     common = [PY, "train.py", *recipe, "--data-dir", str(data), "--output-dir", str(runs), "--epochs", str(epochs)]
     return [
         ("audfix", [*common, "--fold", "0", "--label-fixes", str(runs / "fixes_merged.csv"), "--name", "audfix"]),
+        (
+            "audfix_m0",
+            [*common, "--fold", "0", "--label-fixes", str(runs / "fixes_merged_m0.csv"), "--name", "audfix_m0"],
+        ),
         ("pseudo_f0", [*common, "--fold", "0", "--pseudo", str(runs / "pseudo.csv"), "--name", "pseudo_f0"]),
     ]
 
@@ -145,14 +152,23 @@ def one_seed(root: Path, args: argparse.Namespace, recipe: tuple, threads: int) 
     if not (data / "eval" / "crops_manifest.csv").is_file() or not is_done(runs / "base_f0"):
         raise SystemExit(f"error: {root} has no fidelity data or base runs; run bench/fidelity.py --seeds first")
     run_pool(variant_jobs(data, runs, recipe, args.epochs, folds), runs, data, args.jobs, threads)
-    report = {
-        "audit": {c: audit(runs, data, folds, c) for c in ("product", "mean")},
-        "pseudo": pseudo(runs, data, folds),
-    }
-    merged_fixes(runs)
+    report = {"audit": {name: audit(runs, data, folds, name) for name in AUDITS}, "pseudo": pseudo(runs, data, folds)}
+    merged_fixes(runs, "product", runs / "fixes_merged.csv")
+    merged_fixes(runs, "product_m0", runs / "fixes_merged_m0.csv")
     run_pool(dependent_jobs(data, runs, recipe, args.epochs), runs, data, args.jobs, threads)
     report["ensembles"] = ensembles(runs, data, folds)
-    names = ["base_f0", "base_f1", "no_fixes", "audfix", "pseudo_f0", "weighted", "old58", "drop57_59", "all"]
+    names = [
+        "base_f0",
+        "base_f1",
+        "no_fixes",
+        "audfix",
+        "audfix_m0",
+        "pseudo_f0",
+        "weighted",
+        "old58",
+        "drop57_59",
+        "all",
+    ]
     report["eval"] = seed_report(runs, names + ["bb2_f0", "bb2_f1"])
     return report
 

@@ -162,6 +162,37 @@ def test_finds_the_planted_errors_in_order(tiny, tmp_path, capsys):
     assert code == 0 and json.loads((tmp_path / "mean" / "label_audit_summary.json").read_text())["combine"] == "mean"
 
 
+def test_years_to_group():
+    assert [audit_labels.years_to_group(a, 2) for a in (60, 59, 57, 56, 30)] == [0, 1, 3, 4, 30]
+    assert [audit_labels.years_to_group(a, 0) for a in (29, 30, 32, 33, 58)] == [0, 1, 3, 4, 29]
+    assert [audit_labels.years_to_group(a, 1) for a in (29, 27, 26, 60, 63)] == [1, 3, 4, 1, 4]
+
+
+def test_age_suggestions_next_to_the_group_are_listed_not_flagged(tiny, tmp_path, capsys):
+    """A 58 that looks 60 and a 30 that looks 28 are boundary persons: listed, flagged only with --age-margin 0."""
+    ages = {p["id"]: p["age"] for p in tiny["persons"]}
+    near = {pid: group for pid, group in ((tiny["persons"][2]["id"], 2), (tiny["persons"][8]["id"], 0))}
+    assert sorted(ages[pid] for pid in near) == [30, 58]
+    plant = planted(tiny)
+    plant.age.update(near)
+    runs = write_fake_oof_runs(tmp_path / "runs", tiny, plant, folds=3)
+    flagged = {}
+    for margin in ("3", "0"):
+        out = tmp_path / f"audit{margin}"
+        code, _, err = audit(["--runs", *map(str, runs), "--out", str(out), "--age-margin", margin], capsys)
+        assert code == 0, err
+        rows = [r for r in read_rows(out / "label_audit.csv") if r["field"] == "age"]
+        assert near.keys() <= {r["id"] for r in rows}, "boundary suspects stay listed"
+        flagged[margin] = {r["id"] for r in rows if r["flagged"] == "1"}
+        suggested = {f.id for f in dataset.read_label_fixes(out / "label_fixes_suggested.csv") if f.field == "age"}
+        assert suggested == flagged[margin]
+        if margin == "3":
+            evidence = {r["id"]: r["evidence"] for r in rows}
+            assert all("within --age-margin 3, not flagged" in evidence[pid] for pid in near)
+    far = set(planted(tiny).age)
+    assert flagged["3"] == far and flagged["0"] == far | set(near)
+
+
 def test_fold_all_parent_and_already_fixed_persons(tmp_path, capsys):
     # persons carrying ids of label_fixes.csv, labelled as the community found them wrong
     persons = [(f"{n:06d}", ("male", "female")[n % 2], (22, 41, 65)[n % 3]) for n in range(100, 160)]
