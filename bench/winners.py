@@ -70,8 +70,9 @@ def audit(runs: Path, data: Path, folds: int, name: str) -> dict:
     return json.loads((out / "audit_quality.json").read_text())
 
 
-def merged_fixes(runs: Path, audit_name: str, out: Path) -> Path:
-    """label_fixes.csv plus an audit's suggestions it lacks (by id and field), as a user merges them."""
+def merged_fixes(runs: Path, audit_name: str, out: Path, data: Path | None = None) -> Path:
+    """label_fixes.csv plus an audit's suggestions it lacks (by id and field), as a user merges them; with
+    ``data``, only the suggestions that fix a real error (label_truth.csv): a reviewer who confirms each one."""
     import csv
 
     import dataset
@@ -80,11 +81,28 @@ def merged_fixes(runs: Path, audit_name: str, out: Path) -> Path:
         rows = list(csv.reader(f))
     have = {(r[0], r[1]) for r in rows[1:]}
     with open(runs / f"audit_{audit_name}" / "label_fixes_suggested.csv", newline="") as f:
-        suggested = list(csv.reader(f))[1:]
-    rows += [r for r in suggested if (r[0], r[1]) not in have]
+        suggested = [r for r in list(csv.reader(f))[1:] if (r[0], r[1]) not in have]
+    if data is not None:
+        wrong = truly_wrong(data)
+        suggested = [r for r in suggested if (r[0], r[1]) in wrong]
     with open(out, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
+        csv.writer(f).writerows(rows + suggested)
     return out
+
+
+def truly_wrong(data: Path) -> set[tuple[str, str]]:
+    """(id, field) of every label written wrong in train.csv, from label_truth.csv."""
+    import audit_quality
+
+    import dataset
+
+    truth = audit_quality.read_truth(data / "train" / "label_truth.csv")
+    wrong = set()
+    for p in dataset.read_persons(data, "images"):
+        gender, age, swapped = truth[p.id]
+        fields = ("gender", gender != p.gender), ("age", dataset.age_group(age) != dataset.age_group(p.age))
+        wrong |= {(p.id, name) for name, bad in (*fields, ("mask_swap", swapped)) if bad}
+    return wrong
 
 
 def pseudo(runs: Path, data: Path, folds: int) -> dict:
@@ -102,6 +120,10 @@ def dependent_jobs(data: Path, runs: Path, recipe: tuple, epochs: int) -> list[t
         (
             "audfix_m0",
             [*common, "--fold", "0", "--label-fixes", str(runs / "fixes_merged_m0.csv"), "--name", "audfix_m0"],
+        ),
+        (
+            "audfix_rev",
+            [*common, "--fold", "0", "--label-fixes", str(runs / "fixes_reviewed.csv"), "--name", "audfix_rev"],
         ),
         ("pseudo_f0", [*common, "--fold", "0", "--pseudo", str(runs / "pseudo.csv"), "--name", "pseudo_f0"]),
     ]
@@ -155,6 +177,7 @@ def one_seed(root: Path, args: argparse.Namespace, recipe: tuple, threads: int) 
     report = {"audit": {name: audit(runs, data, folds, name) for name in AUDITS}, "pseudo": pseudo(runs, data, folds)}
     merged_fixes(runs, "product", runs / "fixes_merged.csv")
     merged_fixes(runs, "product_m0", runs / "fixes_merged_m0.csv")
+    merged_fixes(runs, "product", runs / "fixes_reviewed.csv", data)
     run_pool(dependent_jobs(data, runs, recipe, args.epochs), runs, data, args.jobs, threads)
     report["ensembles"] = ensembles(runs, data, folds)
     names = [
@@ -163,6 +186,7 @@ def one_seed(root: Path, args: argparse.Namespace, recipe: tuple, threads: int) 
         "no_fixes",
         "audfix",
         "audfix_m0",
+        "audfix_rev",
         "pseudo_f0",
         "weighted",
         "old58",
