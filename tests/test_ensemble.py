@@ -502,3 +502,20 @@ def test_cli_numeric_weights_unchanged(eval_runs):
     assert [m["weight"] for m in report["members"]] == [1.0, 2.0] and "auto_weights" not in report
     mean = (probs["b"].astype(np.float32) + 2 * probs["a/fold0"].astype(np.float32)) / 3
     np.testing.assert_allclose(np.load(root / "w_probs.npy"), mean, atol=1e-6)
+
+
+def test_member_names_keep_symlinked_runs_names(tmp_path):
+    """Runs linked into one folder under group names (runs/mixed/r10_fold0 -> ../base_f0) keep the link's
+    name, so model_group (and --weights auto) groups them as linked, not by the targets' names."""
+    for name in ("base_f0", "base_f1"):
+        (tmp_path / name).mkdir()
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    links = []
+    for k in (0, 1):
+        link = mixed / f"r10_fold{k}"
+        link.symlink_to(Path("..") / f"base_f{k}")
+        links.append(link)
+    names = ensemble.member_names(links)
+    assert names == ["r10_fold0", "r10_fold1"]
+    assert {ensemble.model_group(n) for n in names} == {"r10"}
