@@ -179,16 +179,6 @@ class Table:
     probs: np.ndarray  # (P, 7, 18)
 
 
-def expand_runs(paths: Sequence[str]) -> list[str]:
-    """A ``--fold all`` parent (no valid_preds.csv, fold<k>/valid_preds.csv inside) stands for its folds."""
-    out = []
-    for p in paths:
-        run = Path(p)
-        folds = sorted(run.glob("fold*/valid_preds.csv")) if not (run / "valid_preds.csv").exists() else []
-        out += [str(f.parent) for f in folds if f.parent.name[4:].isdigit()] or [p]
-    return out
-
-
 def fixes_setting(config: dict) -> str:
     """How a run used label fixes: 'none' (--no-label-fixes), 'default' (the repo's file) or the file given."""
     value = config.get("label_fixes")
@@ -622,12 +612,12 @@ def warn_about_training(setting: str, config: dict, notes: list[str]) -> None:
 
 
 def load_audit_table(args: argparse.Namespace, notes: list[str], step: Progress) -> tuple[Table, dict]:
-    runs = expand_runs(args.runs)
-    step(f"reading the out-of-fold predictions of {len(runs)} run(s) (importing torch first)")
+    step(f"reading the out-of-fold predictions of --runs ({len(args.runs)} given; importing torch first)")
     import dataset
     import ensemble
 
-    runs = ensemble.find_members(runs, Path("runs"), "valid_preds.csv", "train it with --fold K")
+    # a --fold all parent stands for its fold<k> runs
+    runs = ensemble.find_members(args.runs, Path("runs"), "valid_preds.csv", "train it with --fold K")
     names = ensemble.member_names(runs)
     members = [ensemble.load_oof_member(r) for r in runs]
     ensemble.check_same_split(members, names)

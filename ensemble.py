@@ -185,7 +185,7 @@ def member_names(runs: Sequence[Path]) -> list[str]:
 def find_members(runs: Sequence[str] | None, runs_dir: Path, needed: str, hint: str) -> list[Path]:
     """The member run dirs: ``runs`` as given (each must hold ``needed``), else every run under ``runs_dir`` with it."""
     if runs:
-        members = [m for r in runs for m in _fold_runs(Path(r), needed)]
+        members = [m for r in runs for m in fold_runs(Path(r), needed)]
         for run in members:
             if not run.is_dir():
                 raise UserError(f"run directory {run} does not exist; check --runs")
@@ -200,7 +200,7 @@ def find_members(runs: Sequence[str] | None, runs_dir: Path, needed: str, hint: 
     return members
 
 
-def _fold_runs(run: Path, needed: str) -> list[Path]:
+def fold_runs(run: Path, needed: str) -> list[Path]:
     """A ``--fold all`` parent (no ``needed``, ``fold<k>/needed`` inside) stands for its folds, in fold order."""
     if (run / needed).is_file():
         return [run]
@@ -467,14 +467,14 @@ def _fold_number(loaded: list[dict], idx: list[int]) -> int | None:
     return fold_ids.pop() if len(fold_ids) == 1 else None
 
 
-def combine_fold(loaded: list[dict], names: list[str], idx: list[int], mode: str, w: np.ndarray) -> tuple:
-    """(true labels, ensemble prediction, each member's own prediction) of one fold, in its first member's row order."""
+def align_fold(loaded: list[dict], names: list[str], idx: list[int]) -> tuple[np.ndarray, np.ndarray, list]:
+    """(true labels, probabilities (members, rows, 18), each member's own prediction) of one fold's members, in its
+    first member's row order; members that disagree on a row's label are refused."""
     ref = loaded[idx[0]]
-    order = ref["rels"]
     stacked, single = [], []
     for i in idx:
         pos = {r: j for j, r in enumerate(loaded[i]["rels"])}
-        take = np.array([pos[r] for r in order])
+        take = np.array([pos[r] for r in ref["rels"]])
         if not np.array_equal(loaded[i]["labels"][take], ref["labels"]):
             raise UserError(
                 f"members {names[idx[0]]} and {names[i]} disagree on the labels of the same validation rows "
@@ -482,8 +482,14 @@ def combine_fold(loaded: list[dict], names: list[str], idx: list[int], mode: str
             )
         stacked.append(loaded[i]["probs"][take])
         single.append(loaded[i]["preds"][take])
-    pred, _ = combine(np.stack(stacked), mode, w[idx])
-    return ref["labels"], pred, single
+    return ref["labels"], np.stack(stacked), single
+
+
+def combine_fold(loaded: list[dict], names: list[str], idx: list[int], mode: str, w: np.ndarray) -> tuple:
+    """(true labels, ensemble prediction, each member's own prediction) of one fold, in its first member's row order."""
+    labels, stacked, single = align_fold(loaded, names, idx)
+    pred, _ = combine(stacked, mode, w[idx])
+    return labels, pred, single
 
 
 def print_oof_report(report: dict, path: Path) -> None:

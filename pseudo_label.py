@@ -31,6 +31,7 @@ import numpy as np
 
 import dataset
 from ensemble import (
+    align_fold,
     check_same_eval_set,
     check_same_split,
     find_members,
@@ -97,19 +98,6 @@ def select_pseudo(probs: np.ndarray, thresholds: Sequence[ClassThreshold]) -> tu
 
 
 # --------------------------------------------------------------------------- members
-def expand_runs(runs: Sequence[str]) -> list[Path]:
-    """The member run dirs: a dir holding eval_probs.npy is one; any other dir stands for the runs under it."""
-    members: list[Path] = []
-    for entry in runs:
-        run = Path(entry)
-        if not run.is_dir():
-            raise UserError(f"run directory {run} does not exist; check --runs")
-        found = [run] if (run / "eval_probs.npy").is_file() else find_members(None, run, "eval_probs.npy", EVAL_HINT)
-        seen = {m.resolve() for m in members}
-        members += [m for m in found if m.resolve() not in seen]
-    return members
-
-
 def load_eval(members: list[Path], names: list[str]) -> tuple[list[str], np.ndarray]:
     """(ImageIDs in info.csv order, the members' mean eval probabilities (N, 18))."""
     loaded = [load_eval_member(r) for r in members]
@@ -124,21 +112,8 @@ def load_oof(members: list[Path], names: list[str]) -> tuple[np.ndarray, np.ndar
     loaded = [load_oof_member(r) for r in members]
     check_same_split(loaded, names)
     folds = fold_members(loaded, names)
-    all_probs, all_labels = [], []
-    for idx in folds:
-        ref = loaded[idx[0]]
-        stacked = []
-        for i in idx:
-            pos = {r: j for j, r in enumerate(loaded[i]["rels"])}
-            take = np.array([pos[r] for r in ref["rels"]])
-            if not np.array_equal(loaded[i]["labels"][take], ref["labels"]):
-                raise UserError(
-                    f"members {names[idx[0]]} and {names[i]} disagree on the labels of the same validation rows "
-                    "(different label fixes?); retrain them with the same label_fixes.csv or leave one out of --runs"
-                )
-            stacked.append(loaded[i]["probs"][take])
-        all_probs.append(np.mean(stacked, axis=0))
-        all_labels.append(ref["labels"])
+    aligned = [align_fold(loaded, names, idx)[:2] for idx in folds]  # each fold's members, one row order
+    all_probs, all_labels = [stacked.mean(axis=0) for _, stacked in aligned], [labels for labels, _ in aligned]
     return np.concatenate(all_probs), np.concatenate(all_labels), len(folds)
 
 
@@ -224,7 +199,7 @@ def check_args(args: argparse.Namespace) -> None:
 def main(args: argparse.Namespace) -> dict:
     check_args(args)
     out = Path(args.out)
-    members = expand_runs(args.runs)
+    members = find_members(args.runs, Path("."), "eval_probs.npy", EVAL_HINT)
     names = member_names(members)
     print(f"members: {len(members)} run(s): {', '.join(names)}")
     ids, eval_probs = load_eval(members, names)

@@ -91,18 +91,14 @@ def merged_fixes(runs: Path, audit_name: str, out: Path, data: Path | None = Non
 
 
 def truly_wrong(data: Path) -> set[tuple[str, str]]:
-    """(id, field) of every label written wrong in train.csv, from label_truth.csv."""
+    """(id, field) of every label written wrong in train.csv, from label_truth.csv (audit_quality's reading)."""
     import audit_quality
 
     import dataset
 
     truth = audit_quality.read_truth(data / "train" / "label_truth.csv")
-    wrong = set()
-    for p in dataset.read_persons(data, "images"):
-        gender, age, swapped = truth[p.id]
-        fields = ("gender", gender != p.gender), ("age", dataset.age_group(age) != dataset.age_group(p.age))
-        wrong |= {(p.id, name) for name, bad in (*fields, ("mask_swap", swapped)) if bad}
-    return wrong
+    errors = audit_quality.true_errors(truth, dataset.read_persons(data, "images"), set())
+    return {(pid, field) for field in ("gender", "age", "mask_swap") for pid in errors[field]}
 
 
 def pseudo(runs: Path, data: Path, folds: int) -> dict:
