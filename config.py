@@ -135,6 +135,11 @@ def check_args(args: argparse.Namespace) -> None:
             raise UserError(f"--fold {args.fold} does not exist with --folds {args.folds}; use 0..{args.folds - 1}")
     elif not 0 <= args.val_ratio < 1:
         raise UserError(f"--val-ratio must be in [0, 1) (0: train on every person), got {args.val_ratio}")
+    elif args.val_ratio == 0 and args.patience:
+        raise UserError(
+            "--patience stops on valid F1, and --fold none trains on every person without validation; "
+            "drop --patience or hold persons out with --val-ratio 0.2"
+        )
     if args.resume and is_cv_parent(Path(args.resume)) != (args.fold == "all"):
         raise UserError(
             "--resume DIR of a `--fold all` run continues all its folds (no --fold), --resume DIR/fold<k> one fold"

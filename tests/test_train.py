@@ -293,6 +293,9 @@ def test_fold_values():
     assert parse(["--drop-ages", "57", "59"]).drop_ages == [57, 59] and parse([]).drop_ages is None
     with pytest.raises(UserError, match="--drop-ages LO HI needs LO <= HI"):
         config.check_args(parse(["--drop-ages", "59", "57"]))
+    with pytest.raises(UserError, match="--patience stops on valid F1"):
+        config.check_args(parse(["--fold", "none", "--patience", "3"]))
+    config.check_args(parse(["--fold", "none", "--val-ratio", "0.2", "--patience", "3"]))
 
 
 def test_unknown_names_end_with_one_line(data_dir, tmp_path):
