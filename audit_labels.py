@@ -2,6 +2,7 @@
 
 python audit_labels.py --runs runs/recipe_fold* [--out label_audit] [--top 50]
 python audit_labels.py --runs runs/effb3_focal            # a train.py --fold all parent: its fold0..K-1
+python audit_labels.py --runs runs/effb3_focal --age-probe   # ages judged in years (reads the checkpoints)
 
 Reads every fold run's ``valid_preds.csv`` (every train person must be validated exactly once: all folds
 of one split, one run each, trained with the same label fixes) and scores each suspicion with confident
@@ -20,6 +21,11 @@ learning (cleanlab) on per-task probabilities, the marginals of the 18-class one
   An age suggestion for a person written within ``--age-margin`` years (3) of the suggested group (a 58
   that looks 60) is listed but not flagged: boundary persons are what the data looks like, and cleanlab,
   seeing only the groups, flags dozens of them (measured: BENCHMARKS.md).
+  ``--age-probe`` judges ages in years instead: age_probe.py estimates each person's age out of fold (a ridge
+  regression on every run's backbone features; one forward pass per image and run), and a written age more
+  than 3 robust standard deviations from the estimate is flagged, scored by cleanlab's regression label
+  quality; the suggested value is the estimate. It separates a wrong 60 from a 57 that looks 60, which the
+  groups cannot, and lists written ages that are far off even where the group may be right.
 - ``mask_swap`` per person: the incorrect_mask/normal pair labelled the other way round. Its probability
   compares the two orientations' likelihoods, p(swapped) = L(swapped) / (L(as given) + L(swapped)).
 - ``mask`` per image, for mask errors that are not a swap (an image of a swap suspect's pair is left to
@@ -34,7 +40,9 @@ Writes under ``--out`` (only there; label_fixes.csv and the data are never edite
   by score; unflagged rows are the labels the prediction disagrees with, below the recommended cut.
 - ``label_fixes_suggested.csv``: the flagged gender/age/mask_swap suspects in label_fixes.csv's format
   (id,field,value), minus the (id, field) pairs the label fixes file already has. Age values are a
-  placeholder year of the suggested group (the evidence says which): look up the real age when you merge.
+  placeholder year of the suggested group (the evidence says which), or with ``--age-probe`` the estimate:
+  look up the real age when you merge.
+- ``age_probe.csv`` (``--age-probe``): id,given_age,estimate,residual of every person.
 - ``label_audit_sheet.png``: the ``--top`` suspects' persons, their 7 images with given vs suggested labels.
 - ``label_audit_summary.json``: counts per field, the runs, warnings, already-fixed persons.
 """
@@ -66,6 +74,7 @@ AS_NAMED = "as named"  # the mask_swap label of a pair whose files hold what the
 # Age suggestions for persons written this close to the suggested group are not flagged (see person_suspects):
 # the real data's 57-59 look like its 60s, and the stand-in's apparent ages spread by several years too.
 AGE_MARGIN = 3
+AGE_Z = 3.0  # --age-probe flags a written age this many robust standard deviations from the probe's estimate
 FALLBACK_AGES = (25, 45, 60)  # placeholder year per age group when no audited person is in the group
 # How a person's 7 image probabilities become one: the product of likelihoods (combine_images), or the plain
 # mean of probabilities (the baseline way, kept to measure the choice against it on data with known errors).
@@ -177,6 +186,7 @@ class Table:
     files: list[list[str]]  # (P, 7) file names inside the folder
     labels: np.ndarray  # (P, 7) 18-class labels the runs trained on (age threshold 60)
     probs: np.ndarray  # (P, 7, 18)
+    owner: np.ndarray  # (P,) index of the run that validates the person
 
 
 def fixes_setting(config: dict) -> str:
@@ -248,15 +258,16 @@ def build_table(members: list[dict], persons: Sequence, names: list[str]) -> Tab
     labels = np.full((n, len(STEMS)), -1, dtype=np.int64)
     probs = np.zeros((n, len(STEMS), dataset.NUM_CLASSES))
     files = [[""] * len(STEMS) for _ in range(n)]
+    owner = np.full(n, -1, dtype=np.int64)
     slot = {s: k for k, s in enumerate(STEMS)}
-    for m, name in zip(members, names):
+    for r, (m, name) in enumerate(zip(members, names)):
         for rel, y, p in zip(m["rels"], m["labels"], m["probs"]):
             folder, file = rel.rsplit("/", 1)
             k = slot.get(Path(file).stem.lower())
             i = pos[folder]
             if k is None or files[i][k]:
                 raise UserError(f"{name}/valid_preds.csv: {rel} is not one of the person's 7 images; retrain {name}")
-            files[i][k], labels[i, k], probs[i, k] = file, y, p
+            files[i][k], labels[i, k], probs[i, k], owner[i] = file, y, p, r
     incomplete = [persons[i].id for i in range(n) if not all(files[i])]
     if incomplete:
         raise UserError(
@@ -270,6 +281,7 @@ def build_table(members: list[dict], persons: Sequence, names: list[str]) -> Tab
         files=files,
         labels=labels,
         probs=probs,
+        owner=owner,
     )
 
 
@@ -344,6 +356,49 @@ def person_suspects(
     return out
 
 
+def robust_z(residuals: np.ndarray) -> np.ndarray:
+    """Residuals in robust standard deviations from their median (1.4826 x the median absolute deviation)."""
+    r = np.asarray(residuals, dtype=np.float64)
+    centre = np.median(r)
+    scale = 1.4826 * np.median(np.abs(r - centre))
+    return (r - centre) / max(scale, 1e-9)
+
+
+def years_suspects(names: Sequence[str], p_img: np.ndarray, estimate: np.ndarray, table: Table, z_flag: float) -> list:
+    """age suspects from the age probe's out-of-fold estimates in years (age_probe.py).
+
+    The score is cleanlab's regression label quality (OUTRE: the residual judged against the persons written a
+    similar age, so the probe's pull towards the mean age does not make every 60 a suspect). A person is
+    flagged when the written age is an outlier, more than ``z_flag`` robust standard deviations from the
+    estimate; the suggestion is the estimate's group, which can be the written group when the written years
+    are wrong but the group is not (a 58 that looks 33). Persons whose estimate falls in another group are
+    listed too."""
+    from cleanlab.regression.rank import get_label_quality_scores
+
+    import dataset
+
+    given_years = table.ages.astype(np.float64)
+    estimate = np.clip(estimate, given_years.min(), given_years.max())
+    scores = get_label_quality_scores(given_years, estimate)
+    z = robust_z(given_years - estimate)
+    given, suggested = dataset.age_group(table.ages), dataset.age_group(np.round(estimate).astype(int))
+    pred = p_img.mean(axis=1)
+    out = []
+    for i in np.flatnonzero((np.abs(z) > z_flag) | (given != suggested)):
+        s, value = int(suggested[i]), str(int(round(estimate[i])))
+        evidence = (
+            f"given age {table.ages[i]}, the age probe puts the person at {estimate[i]:.1f} years "
+            f"({z[i]:+.1f} robust sd); mean p({names[s]})={pred[i, s]:.3f} over the 7 images; "
+            f"fix value {value} is the probe's estimate: look up the real age"
+        )
+        if s == given[i]:
+            evidence += f" (the group may still be right: {names[s]})"
+        where = dict(path=table.folders[i], value=value, images=tuple(range(len(STEMS))))
+        flagged = bool(abs(z[i]) > z_flag)
+        out.append(Suspect(i, "age", names[given[i]], names[s], float(scores[i]), flagged, evidence, **where))
+    return out
+
+
 def swap_suspects(mask_p: np.ndarray, mask_y: np.ndarray, table: Table) -> list:
     """mask_swap suspects: both unmasked files labelled the other way round (see pair_task)."""
     import dataset
@@ -390,8 +445,13 @@ def mask_suspects(mask_p: np.ndarray, mask_y: np.ndarray, table: Table, swap_per
     return out
 
 
-def find_suspects(table: Table, combine: str = "product", age_margin: int = AGE_MARGIN) -> list[Suspect]:
-    """Every field's suspects, ranked: cleanlab-flagged first, then the rest, each by score (lowest first)."""
+def find_suspects(
+    table: Table, combine: str = "product", age_margin: int = AGE_MARGIN, years: np.ndarray | None = None
+) -> list[Suspect]:
+    """Every field's suspects, ranked: cleanlab-flagged first, then the rest, each by score (lowest first).
+
+    ``years``: the age probe's out-of-fold estimate per person (age_probe.py); the age suspects then come from
+    it instead of the age group probabilities."""
     import dataset
 
     mask_p, gender_p, age_p = task_marginals(table.probs)
@@ -403,7 +463,10 @@ def find_suspects(table: Table, combine: str = "product", age_margin: int = AGE_
             "retrain the run that validates them"
         )
     suspects = person_suspects("gender", dataset.GENDER_NAMES, gender_p, gender_y[:, 0], table, combine, 0)
-    suspects += person_suspects("age", dataset.age_group_names(), age_p, age_y[:, 0], table, combine, age_margin)
+    if years is None:
+        suspects += person_suspects("age", dataset.age_group_names(), age_p, age_y[:, 0], table, combine, age_margin)
+    else:
+        suspects += years_suspects(dataset.age_group_names(), age_p, years, table, AGE_Z)
     swaps = swap_suspects(mask_p, mask_y, table)
     suspects += swaps + mask_suspects(mask_p, mask_y, table, {s.person for s in swaps})
     return sorted(suspects, key=lambda s: (not s.flagged, s.score, FIELDS.index(s.field), s.person))
@@ -531,7 +594,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=AGE_MARGIN,
         metavar="YEARS",
         help="age suggestions for persons written within YEARS of the suggested group are listed, not flagged "
-        "(0: flag them too)",
+        "(0: flag them too; not used with --age-probe)",
     )
     parser.add_argument(
         "--label-fixes",
@@ -539,6 +602,19 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         help="fixes file to compare with; None: the runs', else the repo's",
     )
+    parser.add_argument(
+        "--age-probe",
+        action="store_true",
+        help="judge ages in years: a ridge regression on each run's backbone features (age_probe.py; one forward "
+        "pass per train image and run, a GPU when there is one) replaces the age group probabilities",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default="last",
+        help="the runs' checkpoint the age probe reads (best/last/file name): last was not chosen on the "
+        "persons it validates",
+    )
+    parser.add_argument("--device", default="auto", help="the age probe's device: auto, cpu, cuda, cuda:1, ...")
     return parser
 
 
@@ -655,6 +731,25 @@ def load_audit_table(args: argparse.Namespace, notes: list[str], step: Progress)
     return table, about
 
 
+def probe(table: Table, about: dict, checkpoint: str, device: str, out: Path, step: Progress) -> np.ndarray:
+    """The age probe's out-of-fold years per person (age_probe.py), also written to ``out``/age_probe.csv."""
+    import age_probe
+
+    runs = [Path(r) for r in about["runs"]]
+    step(f"age probe: {len(runs)} runs x {table.labels.size} images, ridge regression on the backbone features")
+    root = Path(about["image_dir"])
+    paths = [[root / folder / f for f in files] for folder, files in zip(table.folders, table.files)]
+    valid = [np.flatnonzero(table.owner == k) for k in range(len(runs))]
+    years = age_probe.probe_ages(runs, valid, paths, table.ages, checkpoint, device)
+    residual = table.ages - years
+    rows = [[pid, int(a), f"{y:.2f}", f"{r:+.2f}"] for pid, a, y, r in zip(table.ids, table.ages, years, residual)]
+    utils.atomic_write_csv(out / "age_probe.csv", ["id", "given_age", "estimate", "residual"], rows)
+    mae = float(np.abs(residual).mean())
+    about["age_probe"] = {"checkpoint": checkpoint, "mae_years": round(mae, 3), "flag_z": AGE_Z}
+    print(f"      estimates in {out / 'age_probe.csv'}: mean absolute difference to the written ages {mae:.2f} years")
+    return years
+
+
 class Progress:
     """The numbered step lines, ``[k/5 t s] what``, t the seconds since the audit started."""
 
@@ -682,11 +777,12 @@ def field_counts(suspects: Sequence[Suspect]) -> dict:
 def main(args: argparse.Namespace) -> dict:
     if args.top < 0 or args.age_margin < 0:
         raise UserError(f"--top and --age-margin must be >= 0 (got {args.top}, {args.age_margin})")
-    step, notes = Progress(), []
+    step, notes = Progress(6 if args.age_probe else 5), []
     table, about = load_audit_table(args, notes, step)
+    years = probe(table, about, args.checkpoint, args.device, args.out, step) if args.age_probe else None
 
     step("scoring with cleanlab (confident learning): gender, age, mask_swap per person, mask per image")
-    suspects = find_suspects(table, args.combine, args.age_margin)
+    suspects = find_suspects(table, args.combine, args.age_margin, years)
     fixes_name = Path(about["label_fixes_file"]).name
     fixes = about.pop("fixes")
     already = mark_already_fixed(suspects, table, fixes, fixes_name)
@@ -711,7 +807,8 @@ def main(args: argparse.Namespace) -> dict:
     summary = {
         **about,
         "combine": args.combine,
-        "age_margin": args.age_margin,
+        "age_margin": None if args.age_probe else args.age_margin,
+        "age_probe": about.pop("age_probe", None),
         "counts": counts,
         "suggested_fixes": len(fixes_rows),
     }
@@ -728,7 +825,7 @@ def main(args: argparse.Namespace) -> dict:
         print(f"{fixes_name} corrects {len(fixed_here)} person(s) of this data; {len(already)} are suspects{among}")
     print(
         f"done in {summary['seconds']:.1f}s. Review {out / SHEET} and {out / 'label_audit.csv'}, copy the lines "
-        f"you agree with from {out / 'label_fixes_suggested.csv'} into {fixes_name} (replace placeholder ages "
+        f"you agree with from {out / 'label_fixes_suggested.csv'} into {fixes_name} (replace the suggested ages "
         "with the real ones), then retrain"
     )
     return summary

@@ -23,6 +23,7 @@ import sys
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -92,8 +93,14 @@ def resolve_checkpoint(run: Path, choice: str) -> tuple[Path, dict]:
 
 
 def build_model(ckpt: dict, path: Path, device: torch.device) -> torch.nn.Module:
+    """The checkpoint's network to predict with: eval mode, BatchNorm folded, channels_last on ``device``."""
     import torch
 
+    return fuse_conv_bn(load_net(ckpt, path)).to(device=device, memory_format=torch.channels_last)
+
+
+def load_net(ckpt: dict, path: Path) -> torch.nn.Module:
+    """The checkpoint's network as trained (its modules intact: age_probe.py reads the backbone), in eval mode."""
     import model as models
 
     meta = ckpt["meta"]
@@ -108,7 +115,7 @@ def build_model(ckpt: dict, path: Path, device: torch.device) -> torch.nn.Module
         raise UserError(
             f"{path}: its weights do not fit model {meta['model']} ({meta['head']} head): {first_line(e)}"
         ) from None
-    return fuse_conv_bn(net.eval()).to(device=device, memory_format=torch.channels_last)
+    return net.eval()
 
 
 def fuse_conv_bn(net: torch.nn.Module) -> torch.nn.Module:
@@ -219,10 +226,38 @@ def predict(
     ``workers``: DataLoader worker processes on a GPU; on the CPU, the threads that decode between model calls.
     ``decode``: ``auto`` (that choice), ``workers`` or ``between`` to force one way.
     """
+    import model as models
+
+    def probs(images: torch.Tensor) -> torch.Tensor:
+        p = models.logits_to_probs(net(images).float(), head)
+        if tta == "flip":
+            import torch
+
+            p = (p + models.logits_to_probs(net(torch.flip(images, dims=[3])).float(), head)) / 2
+        return p
+
+    rows, failed, speed = map_images(probs, paths, size, mean, std, device, batch_size, workers, amp, decode)
+    return rows.reshape(len(paths), dataset.NUM_CLASSES), failed, speed  # (0, 18) when there is no image
+
+
+def map_images(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    paths: list[Path],
+    size: tuple[int, int],
+    mean: list[float],
+    std: list[float],
+    device: torch.device,
+    batch_size: int = 64,
+    workers: int = 2,
+    amp: bool = False,
+    decode: str = "auto",
+    desc: str = "predict",
+) -> tuple[np.ndarray, dict[int, str], float]:
+    """(``fn``'s (N, W) float32 rows in ``paths`` order, {row: error} of unreadable rows, images/s): ``fn`` maps
+    a batch of normalised images, channels_last on ``device``, to one row each (predict's probabilities,
+    age_probe.py's features). Unreadable images get zero rows; the caller decides what they mean."""
     import torch
     from torch.utils.data import DataLoader
-
-    import model as models
 
     data = GuardedDataset(dataset.EvalDataset(paths, size, dataset.eval_transform(size, mean, std)), (3, *size))
     if decode == "between" or (decode == "auto" and device.type == "cpu"):
@@ -230,26 +265,27 @@ def predict(
     else:
         pin = device.type == "cuda"
         batches = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
-    probs = np.zeros((len(paths), dataset.NUM_CLASSES), dtype=np.float32)
+    rows: np.ndarray | None = None
     seen = np.zeros(len(paths), dtype=bool)
     failed: dict[int, str] = {}
     start = time.perf_counter()
-    bar = tqdm(total=len(paths), unit="img", desc="predict", dynamic_ncols=True)
+    bar = tqdm(total=len(paths), unit="img", desc=desc, dynamic_ncols=True)
     with bar, _worker_crash_as_user_error(), torch.inference_mode():
         for images, index, errors in batches:
             images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                p = models.logits_to_probs(net(images).float(), head)
-                if tta == "flip":
-                    p = (p + models.logits_to_probs(net(torch.flip(images, dims=[3])).float(), head)) / 2
+                out = fn(images).float().cpu().numpy()
+            if rows is None:
+                rows = np.zeros((len(paths), out.shape[1]), dtype=np.float32)
             index = index.numpy()
-            probs[index] = p.float().cpu().numpy()
+            rows[index] = out
             seen[index] = True
             failed.update({int(i): e for i, e in zip(index, errors) if e})
             bar.update(len(index))
     if not seen.all():  # cannot happen with shuffle=False; guards the "never drop a row" promise
         raise RuntimeError(f"{int((~seen).sum())} rows were not predicted")
-    return probs, failed, len(paths) / max(time.perf_counter() - start, 1e-9)
+    rows = np.zeros((0, 0), dtype=np.float32) if rows is None else rows
+    return rows, failed, len(paths) / max(time.perf_counter() - start, 1e-9)
 
 
 @contextlib.contextmanager

@@ -5,8 +5,9 @@ each seed of bench/fidelity.py (its data, crops and base-recipe runs are reused;
 when rerun), every model is the demo's recipe scored on the eval set with last.pt + flip TTA:
 
 - label audit (issue 15): the recipe with --no-label-fixes on all 5 folds, audit_labels.py on their
-  out-of-fold predictions (product and mean combination), bench/audit_quality.py against
-  train/label_truth.csv; then fold 0 retrained with label_fixes.csv + the audit's suggestions merged;
+  out-of-fold predictions (product and mean combination, and --age-probe: ages in years),
+  bench/audit_quality.py against train/label_truth.csv; then fold 0 retrained with label_fixes.csv + the
+  audit's suggestions merged, unread and as a reviewer confirms them (--audit-only: only this part);
 - pseudo-labels: pseudo_label.py on the 5 base folds (--precision 0.98), its true precision against
   eval/answers.csv, fold 0 retrained with --pseudo;
 - age boundary: --sampler weighted (old-class oversampling) beside fidelity's old58 and drop57_59;
@@ -57,6 +58,7 @@ AUDITS = {  # name -> audit_labels.py options: the default, flagging boundary ag
     "product": ("--combine", "product"),
     "product_m0": ("--combine", "product", "--age-margin", "0"),
     "mean": ("--combine", "mean"),
+    "probe": ("--combine", "product", "--age-probe"),  # ages judged in years (age_probe.py)
 }
 
 
@@ -72,8 +74,11 @@ def audit(runs: Path, data: Path, folds: int, name: str) -> dict:
 
 def merged_fixes(runs: Path, audit_name: str, out: Path, data: Path | None = None) -> Path:
     """label_fixes.csv plus an audit's suggestions it lacks (by id and field), as a user merges them; with
-    ``data``, only the suggestions that fix a real error (label_truth.csv): a reviewer who confirms each one."""
+    ``data``, only the suggestions that fix a real error (label_truth.csv): a reviewer who confirms each one and,
+    as the README asks, writes the person's real age over the suggested one."""
     import csv
+
+    import audit_quality
 
     import dataset
 
@@ -84,7 +89,9 @@ def merged_fixes(runs: Path, audit_name: str, out: Path, data: Path | None = Non
         suggested = [r for r in list(csv.reader(f))[1:] if (r[0], r[1]) not in have]
     if data is not None:
         wrong = truly_wrong(data)
-        suggested = [r for r in suggested if (r[0], r[1]) in wrong]
+        truth = audit_quality.read_truth(data / "train" / "label_truth.csv")
+        confirmed = [r for r in suggested if (r[0], r[1]) in wrong]
+        suggested = [[pid, field, str(truth[pid][1]) if field == "age" else value] for pid, field, value in confirmed]
     with open(out, "w", newline="") as f:
         csv.writer(f).writerows(rows + suggested)
     return out
@@ -109,20 +116,31 @@ def pseudo(runs: Path, data: Path, folds: int) -> dict:
     return json.loads((runs / "pseudo_report.json").read_text())
 
 
-def dependent_jobs(data: Path, runs: Path, recipe: tuple, epochs: int) -> list[tuple[str, list]]:
+# fold 0 retrained with label_fixes.csv + an audit's suggestions: run name -> (audit, merge as a reviewer would)
+AUDIT_RUNS = {
+    "audfix": ("product", False),  # every suggestion merged unread
+    "audfix_m0": ("product_m0", False),
+    "audfix_rev": ("product", True),  # only the suggestions label_truth.csv confirms
+    "audfix_probe": ("probe", False),
+    "audfix_probe_rev": ("probe", True),
+}
+
+
+def fold0_job(name: str, extra: list, data: Path, runs: Path, recipe: tuple, epochs: int) -> tuple[str, list]:
     common = [PY, "train.py", *recipe, "--data-dir", str(data), "--output-dir", str(runs), "--epochs", str(epochs)]
-    return [
-        ("audfix", [*common, "--fold", "0", "--label-fixes", str(runs / "fixes_merged.csv"), "--name", "audfix"]),
-        (
-            "audfix_m0",
-            [*common, "--fold", "0", "--label-fixes", str(runs / "fixes_merged_m0.csv"), "--name", "audfix_m0"],
-        ),
-        (
-            "audfix_rev",
-            [*common, "--fold", "0", "--label-fixes", str(runs / "fixes_reviewed.csv"), "--name", "audfix_rev"],
-        ),
-        ("pseudo_f0", [*common, "--fold", "0", "--pseudo", str(runs / "pseudo.csv"), "--name", "pseudo_f0"]),
-    ]
+    return name, [*common, "--fold", "0", *extra, "--name", name]
+
+
+def audit_part(runs: Path, data: Path, args: argparse.Namespace, recipe: tuple, threads: int) -> dict:
+    """The label audit: its variants on the --no-label-fixes folds, fold 0 retrained with their suggestions."""
+    folds = int(recipe[recipe.index("--folds") + 1])
+    report = {name: audit(runs, data, folds, name) for name in AUDITS}
+    jobs = []
+    for name, (audit_name, reviewed) in AUDIT_RUNS.items():
+        fixes = merged_fixes(runs, audit_name, runs / f"fixes_{name}.csv", data if reviewed else None)
+        jobs.append(fold0_job(name, ["--label-fixes", str(fixes)], data, runs, recipe, args.epochs))
+    run_pool(jobs, runs, data, args.jobs, threads)
+    return report
 
 
 def model_groups(runs: Path, groups: dict[str, str], folds: tuple) -> list[Path]:
@@ -169,26 +187,19 @@ def one_seed(root: Path, args: argparse.Namespace, recipe: tuple, threads: int) 
     folds = int(recipe[recipe.index("--folds") + 1])
     if not (data / "eval" / "crops_manifest.csv").is_file() or not is_done(runs / "base_f0"):
         raise SystemExit(f"error: {root} has no fidelity data or base runs; run bench/fidelity.py --seeds first")
-    run_pool(variant_jobs(data, runs, recipe, args.epochs, folds), runs, data, args.jobs, threads)
-    report = {"audit": {name: audit(runs, data, folds, name) for name in AUDITS}, "pseudo": pseudo(runs, data, folds)}
-    merged_fixes(runs, "product", runs / "fixes_merged.csv")
-    merged_fixes(runs, "product_m0", runs / "fixes_merged_m0.csv")
-    merged_fixes(runs, "product", runs / "fixes_reviewed.csv", data)
-    run_pool(dependent_jobs(data, runs, recipe, args.epochs), runs, data, args.jobs, threads)
+    jobs = variant_jobs(data, runs, recipe, args.epochs, folds)
+    if args.audit_only:
+        jobs = [j for j in jobs if j[0] in {nofix_name(k) for k in range(folds)}]
+    run_pool(jobs, runs, data, args.jobs, threads)
+    report = {"audit": audit_part(runs, data, args, recipe, threads)}
+    if args.audit_only:
+        report["eval"] = seed_report(runs, ["base_f0", "no_fixes", *AUDIT_RUNS])
+        return report
+    report["pseudo"] = pseudo(runs, data, folds)
+    pseudo_f0 = fold0_job("pseudo_f0", ["--pseudo", str(runs / "pseudo.csv")], data, runs, recipe, args.epochs)
+    run_pool([pseudo_f0], runs, data, args.jobs, threads)
     report["ensembles"] = ensembles(runs, data, folds)
-    names = [
-        "base_f0",
-        "base_f1",
-        "no_fixes",
-        "audfix",
-        "audfix_m0",
-        "audfix_rev",
-        "pseudo_f0",
-        "weighted",
-        "old58",
-        "drop57_59",
-        "all",
-    ]
+    names = ["base_f0", "base_f1", "no_fixes", *AUDIT_RUNS, "pseudo_f0", "weighted", "old58", "drop57_59", "all"]
     report["eval"] = seed_report(runs, names + ["bb2_f0", "bb2_f1"])
     return report
 
@@ -200,11 +211,12 @@ def print_seed(seed: int, report: dict) -> None:
     for name, m in ev.items():
         tasks = f"{m['f1_mask']:.3f}/{m['f1_gender']:.3f}/{m['f1_age']:.3f}"
         print(f"  {name:<10} {m['f1']:.4f} ({tasks})  {m['f1'] - base:+.4f}")
-    for key, e in report["ensembles"].items():
+    for key, e in report.get("ensembles", {}).items():
         m = e["metrics"]
         print(f"  ens {key:<11} {m['f1']:.4f} ({m['f1_mask']:.3f}/{m['f1_gender']:.3f}/{m['f1_age']:.3f})")
-    p = report["pseudo"]
-    print(f"  pseudo labels: {json.dumps({k: v for k, v in p.items() if k != 'classes'})[:400]}")
+    if "pseudo" in report:
+        p = report["pseudo"]
+        print(f"  pseudo labels: {json.dumps({k: v for k, v in p.items() if k != 'classes'})[:400]}")
     for combine, q in report["audit"].items():
         fields = {
             f: (r["errors"], r["top_2x"]["recall"], r["recommended"]["precision"]) for f, r in q["fields"].items()
@@ -216,6 +228,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="bench/fidelity.py's seeds")
     parser.add_argument("--fidelity", type=Path, default=OUT / "fidelity", help="bench/fidelity.py's --out")
+    parser.add_argument(
+        "--audit-only",
+        action="store_true",
+        help="only the label audit (needs fidelity's data and base_f0): writes bench/out/winners_audit.json",
+    )
     return add_training_args(parser)
 
 
@@ -225,7 +242,7 @@ def main(args: argparse.Namespace) -> dict:
     for seed, report in per_seed.items():
         print_seed(seed, report)
     payload = {"machine": machine, "args": args_json(args), "seeds": per_seed}
-    write_results(args.fidelity.parent, "winners", payload)
+    write_results(args.fidelity.parent, "winners_audit" if args.audit_only else "winners", payload)
     return payload
 
 

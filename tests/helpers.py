@@ -153,3 +153,22 @@ def _write_csv(path: Path, header: list[str], rows) -> None:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """A CSV file's rows as dicts (the header's keys)."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def run_cli(module, argv: list[str], capsys) -> tuple[int, str, str]:
+    """A script's CLI in this process, as utils.run_main runs it: (exit code, stdout, stderr)."""
+    import pytest
+
+    from utils import run_main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: module.main(module.get_args_parser().parse_args(argv)))
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err

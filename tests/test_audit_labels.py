@@ -3,7 +3,6 @@ planted label errors (tests/fake_oof.py), the refusals, and one real tiny train.
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import sys
@@ -18,27 +17,16 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 import audit_quality  # noqa: E402
 from fake_oof import Plant, write_fake_oof_runs  # noqa: E402
-from helpers import make_tiny_dataset  # noqa: E402
+from helpers import make_tiny_dataset, read_rows, run_cli  # noqa: E402
 
 import audit_labels  # noqa: E402
 import dataset  # noqa: E402
-from utils import run_main  # noqa: E402
 
 N_PERSONS = 120
 
 
-def read_rows(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def audit(argv: list[str], capsys) -> tuple[int, str, str]:
-    """The CLI in this process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        run_main(lambda: audit_labels.main(audit_labels.get_args_parser().parse_args(argv)))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
+    return run_cli(audit_labels, argv, capsys)
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -302,3 +290,14 @@ def test_audits_a_real_fold_all_run(tmp_path, capsys):
     assert "12 persons, 84 images, each validated once: folds 0, 1 of 2" in stdout
     assert (tmp_path / "audit" / "label_audit.csv").is_file()
     dataset.read_label_fixes(tmp_path / "audit" / "label_fixes_suggested.csv")
+    # --age-probe reads the runs' checkpoints (age_probe.py)
+    out = tmp_path / "probe"
+    code, stdout, err = audit(["--runs", str(tmp_path / "runs" / "cv"), "--out", str(out), "--age-probe"], capsys)
+    assert code == 0, err
+    estimates = read_rows(out / "age_probe.csv")
+    assert len(estimates) == 12 and all(np.isfinite(float(r["estimate"])) for r in estimates)
+    dataset.read_label_fixes(out / "label_fixes_suggested.csv")
+    code, _, err = audit(
+        ["--runs", str(tmp_path / "runs" / "cv"), "--out", str(out), "--age-probe", "--checkpoint", "nope.pt"], capsys
+    )
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "nope.pt" in err
