@@ -1,6 +1,6 @@
 """Each train person's apparent age in years, out of fold: a ridge regression on each fold run's backbone features.
 
-    years = age_probe.probe_ages(runs, valid_sets, folders, files, ages, image_root)   # audit_labels.py --age-probe
+    years = age_probe.probe_ages(runs, valid_sets, image_paths, ages)   # what audit_labels.py --age-probe calls
 
 A K-fold recipe trains age as three groups, so its probabilities say little about *where* inside a group a
 face lies: a written 60 who looks 32 and a written 60 who looks 57 both get p(30-59) near 1 (measured:
