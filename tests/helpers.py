@@ -76,7 +76,6 @@ def make_tiny_dataset(
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
-    w, h = size
     images = root / "train" / "images"
     images.mkdir(parents=True, exist_ok=True)
     persons = persons if persons is not None else default_persons(n_persons, quirks)
@@ -92,26 +91,9 @@ def make_tiny_dataset(
             label = mask * 6 + g * 3 + _age_group(age)
             pixels = _pixels(rng, size, label_color(mask, g, _age_group(age)))
             ext = EXTENSIONS[(i + j) % len(EXTENSIONS)] if quirks else ".jpg"
-            special = quirks and i == 0 and stem in ("mask2", "incorrect_mask", "normal")
-            if special and stem == "mask2":
-                ext = ".jpg"
-                # Stored landscape with a red block top-left; orientation 6 = rotate 90 deg clockwise
-                # to display, so it loads portrait (h, w) with the block top-right.
-                stored = np.ascontiguousarray(np.rot90(pixels, k=1))  # (w, h, 3): the un-rotated storage
-                stored[:8, :8] = (255, 0, 0)
-                exif = Image.Exif()
-                exif[0x0112] = 6
-                Image.fromarray(stored).save(images / folder / f"{stem}{ext}", quality=95, exif=exif)
-                info["exif_rel"] = f"{folder}/{stem}{ext}"
-            elif special and stem == "normal":
-                ext = ".png"
-                Image.fromarray(pixels).convert("L").save(images / folder / f"{stem}{ext}")
-                info["gray_rel"] = f"{folder}/{stem}{ext}"
-            elif special and stem == "incorrect_mask":
-                ext = ".png"
-                alpha = np.full((h, w, 1), 200, dtype=np.uint8)
-                Image.fromarray(np.concatenate([pixels, alpha], axis=2), "RGBA").save(images / folder / f"{stem}{ext}")
-                info["rgba_rel"] = f"{folder}/{stem}{ext}"
+            if quirks and i == 0 and stem in QUIRK_STEMS:
+                key, ext = _write_quirk_image(pixels, images / folder / stem, stem)
+                info[key] = f"{folder}/{stem}{ext}"
             else:
                 _save(Image.fromarray(pixels), images / folder / f"{stem}{ext}")
             info["labels"][f"{folder}/{stem}{ext}"] = label
@@ -120,8 +102,39 @@ def make_tiny_dataset(
         ["id", "gender", "race", "age", "path"],
         [[p["id"], p["gender"], p["race"], p["age"], p["path"]] for p in info["persons"]],
     )
+    info["eval_ids"], info["eval_labels"] = _write_eval(root / "eval", n_eval, size, quirks, seed, rng)
+    return info
 
-    eval_images = root / "eval" / "images"
+
+# the first person's pictures that carry the real data's odd formats: stem -> the info key naming its rel path
+QUIRK_STEMS = {"mask2": "exif_rel", "normal": "gray_rel", "incorrect_mask": "rgba_rel"}
+
+
+def _write_quirk_image(pixels: np.ndarray, stem_path: Path, stem: str) -> tuple[str, str]:
+    """Save ``pixels`` as the stem's quirk (EXIF-rotated JPEG, grayscale PNG, RGBA PNG); (info key, extension)."""
+    h, w = pixels.shape[:2]
+    if stem == "mask2":
+        # Stored landscape with a red block top-left; orientation 6 = rotate 90 deg clockwise
+        # to display, so it loads portrait (h, w) with the block top-right.
+        stored = np.ascontiguousarray(np.rot90(pixels, k=1))  # (w, h, 3): the un-rotated storage
+        stored[:8, :8] = (255, 0, 0)
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        Image.fromarray(stored).save(stem_path.with_suffix(".jpg"), quality=95, exif=exif)
+        return QUIRK_STEMS[stem], ".jpg"
+    if stem == "normal":
+        Image.fromarray(pixels).convert("L").save(stem_path.with_suffix(".png"))
+    else:
+        alpha = np.full((h, w, 1), 200, dtype=np.uint8)
+        Image.fromarray(np.concatenate([pixels, alpha], axis=2), "RGBA").save(stem_path.with_suffix(".png"))
+    return QUIRK_STEMS[stem], ".png"
+
+
+def _write_eval(
+    eval_dir: Path, n_eval: int, size: tuple[int, int], quirks: bool, seed: int, rng: np.random.Generator
+) -> tuple[list[str], list[int]]:
+    """eval/images, info.csv (all-zero template) and answers.csv; (ImageIDs, labels) in info.csv order."""
+    eval_images = eval_dir / "images"
     eval_images.mkdir(parents=True, exist_ok=True)
     ids, labels = [], []
     for k in range(n_eval):
@@ -137,10 +150,9 @@ def make_tiny_dataset(
     # info.csv order is neither sorted nor creation order: readers must keep it as is.
     order = rng.permutation(n_eval)
     ids, labels = [ids[k] for k in order], [labels[k] for k in order]
-    _write_csv(root / "eval" / "info.csv", ["ImageID", "ans"], [[i, 0] for i in ids])
-    _write_csv(root / "eval" / "answers.csv", ["ImageID", "ans"], list(zip(ids, labels)))
-    info["eval_ids"], info["eval_labels"] = ids, labels
-    return info
+    _write_csv(eval_dir / "info.csv", ["ImageID", "ans"], [[i, 0] for i in ids])
+    _write_csv(eval_dir / "answers.csv", ["ImageID", "ans"], list(zip(ids, labels)))
+    return ids, labels
 
 
 def _save(img: Image.Image, path: Path) -> None:
