@@ -48,7 +48,7 @@ def image_features(net: torch.nn.Module, paths: Sequence[Path], meta: dict, devi
 
     import inference
 
-    net = inference.fuse_conv_bn(net).to(device=device, memory_format=torch.channels_last)
+    net = inference.for_device(net, device)
 
     def features(images: torch.Tensor) -> torch.Tensor:
         return (net(images).float() + net(torch.flip(images, dims=[3])).float()) / 2
@@ -96,22 +96,20 @@ def probe_ages(
     import utils
 
     dev = utils.resolve_device(device)
+    ages = np.asarray(ages, dtype=np.float64)
+    n_persons, n_images = len(ages), len(image_paths[0])
     paths = [p for person in image_paths for p in person]
-    per_image = np.full((len(ages), len(image_paths[0])), np.nan)
-    years = np.repeat(np.asarray(ages, dtype=np.float64), len(image_paths[0]))
+    per_image = np.full((n_persons, n_images), np.nan)
     for k, (run, valid) in enumerate(zip(runs, valid_sets)):
         path, ckpt = inference.resolve_checkpoint(Path(run), checkpoint)
         meta = ckpt["meta"]
         net = feature_net(inference.load_net(ckpt, path), meta["head"], meta["model"])
         feats = image_features(net, paths, meta, dev, f"age probe {k + 1}/{len(runs)}")
-        feats = feats.reshape(len(ages), -1, feats.shape[1])
-        inside = np.zeros(len(ages), dtype=bool)
+        feats = feats.reshape(n_persons, n_images, -1)
+        inside = np.zeros(n_persons, dtype=bool)
         inside[valid] = True
-        x_train = feats[~inside].reshape(-1, feats.shape[2])
-        y_train = years.reshape(len(ages), -1)[~inside].ravel()
-        per_image[inside] = fit_predict(x_train, y_train, feats[inside].reshape(-1, feats.shape[2])).reshape(
-            int(inside.sum()), -1
-        )
+        x_train, y_train = np.concatenate(feats[~inside]), np.repeat(ages[~inside], n_images)
+        per_image[inside] = fit_predict(x_train, y_train, np.concatenate(feats[inside])).reshape(-1, n_images)
     if np.isnan(per_image).any():
         raise RuntimeError("some persons were validated by no run")  # check_coverage guarantees this
     return person_median(per_image)

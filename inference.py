@@ -94,9 +94,14 @@ def resolve_checkpoint(run: Path, choice: str) -> tuple[Path, dict]:
 
 def build_model(ckpt: dict, path: Path, device: torch.device) -> torch.nn.Module:
     """The checkpoint's network to predict with: eval mode, BatchNorm folded, channels_last on ``device``."""
+    return for_device(load_net(ckpt, path), device)
+
+
+def for_device(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """An eval-mode network made fast to run: BatchNorm folded, channels_last on ``device``."""
     import torch
 
-    return fuse_conv_bn(load_net(ckpt, path)).to(device=device, memory_format=torch.channels_last)
+    return fuse_conv_bn(net).to(device=device, memory_format=torch.channels_last)
 
 
 def load_net(ckpt: dict, path: Path) -> torch.nn.Module:
