@@ -185,7 +185,7 @@ def member_names(runs: Sequence[Path]) -> list[str]:
 def find_members(runs: Sequence[str] | None, runs_dir: Path, needed: str, hint: str) -> list[Path]:
     """The member run dirs: ``runs`` as given (each must hold ``needed``), else every run under ``runs_dir`` with it."""
     if runs:
-        members = [m for r in runs for m in fold_runs(Path(r), needed)]
+        members = [m for r in runs for m in _fold_runs(Path(r), needed)]
         for run in members:
             if not run.is_dir():
                 raise UserError(f"run directory {run} does not exist; check --runs")
@@ -200,7 +200,7 @@ def find_members(runs: Sequence[str] | None, runs_dir: Path, needed: str, hint: 
     return members
 
 
-def fold_runs(run: Path, needed: str) -> list[Path]:
+def _fold_runs(run: Path, needed: str) -> list[Path]:
     """A ``--fold all`` parent (no ``needed``, ``fold<k>/needed`` inside) stands for its folds, in fold order."""
     if (run / needed).is_file():
         return [run]

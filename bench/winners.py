@@ -35,7 +35,7 @@ SECOND_BACKBONE = "timm:resnet14t"
 
 def variant_jobs(data: Path, runs: Path, recipe: tuple, epochs: int, folds: int) -> list[tuple[str, list]]:
     """(name, train.py command) of the runs that need nothing but the data."""
-    common = [PY, "train.py", *recipe, "--data-dir", str(data), "--output-dir", str(runs), "--epochs", str(epochs)]
+    common = train_cmd(data, runs, recipe, epochs)
     jobs = [(nofix_name(k), [*common, "--fold", str(k), "--no-label-fixes"]) for k in range(folds)]
     jobs += [
         ("weighted", [*common, "--fold", "0", "--sampler", "weighted"]),
@@ -43,6 +43,11 @@ def variant_jobs(data: Path, runs: Path, recipe: tuple, epochs: int, folds: int)
         *((f"bb2_f{k}", [*common, "--fold", str(k), "--model", SECOND_BACKBONE]) for k in (0, 1)),
     ]
     return [(name, [*cmd, "--name", name]) for name, cmd in jobs]
+
+
+def train_cmd(data: Path, runs: Path, recipe: tuple, epochs: int) -> list:
+    """train.py with the recipe on the seed's data, its runs under ``runs``."""
+    return [PY, "train.py", *recipe, "--data-dir", str(data), "--output-dir", str(runs), "--epochs", str(epochs)]
 
 
 def nofix_name(fold: int) -> str:
@@ -127,8 +132,7 @@ AUDIT_RUNS = {
 
 
 def fold0_job(name: str, extra: list, data: Path, runs: Path, recipe: tuple, epochs: int) -> tuple[str, list]:
-    common = [PY, "train.py", *recipe, "--data-dir", str(data), "--output-dir", str(runs), "--epochs", str(epochs)]
-    return name, [*common, "--fold", "0", *extra, "--name", name]
+    return name, [*train_cmd(data, runs, recipe, epochs), "--fold", "0", *extra, "--name", name]
 
 
 def audit_part(runs: Path, data: Path, args: argparse.Namespace, recipe: tuple, threads: int) -> dict:
