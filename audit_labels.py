@@ -61,8 +61,8 @@ from pathlib import Path
 
 import numpy as np
 
-import utils
-from utils import UserError
+from maskcls import utils
+from maskcls.utils import UserError
 
 FIELDS = ("gender", "age", "mask_swap", "mask")
 # Each image's probabilities are clipped to [PROB_FLOOR, 1]: one image's vote is then at most log(100) = 4.6 nats,
@@ -251,7 +251,7 @@ def check_coverage(members: list[dict], names: list[str], folders: Sequence[str]
 
 def build_table(members: list[dict], persons: Sequence, names: list[str]) -> Table:
     """Stack the runs' rows into (person, image) arrays; each person must have its 7 images once."""
-    import dataset
+    from maskcls import data as dataset
 
     pos = {p.path.rstrip("/"): i for i, p in enumerate(persons)}
     n = len(persons)
@@ -375,7 +375,7 @@ def years_suspects(names: Sequence[str], p_img: np.ndarray, estimate: np.ndarray
     listed too."""
     from cleanlab.regression.rank import get_label_quality_scores
 
-    import dataset
+    from maskcls import data as dataset
 
     given_years = table.ages.astype(np.float64)
     estimate = np.clip(estimate, given_years.min(), given_years.max())
@@ -401,7 +401,7 @@ def years_suspects(names: Sequence[str], p_img: np.ndarray, estimate: np.ndarray
 
 def swap_suspects(mask_p: np.ndarray, mask_y: np.ndarray, table: Table) -> list:
     """mask_swap suspects: both unmasked files labelled the other way round (see pair_task)."""
-    import dataset
+    from maskcls import data as dataset
 
     a, b = STEMS.index("incorrect_mask"), STEMS.index("normal")
     given_swapped = mask_y[:, a] == dataset.Mask.NOT_WEAR
@@ -424,7 +424,7 @@ def swap_suspects(mask_p: np.ndarray, mask_y: np.ndarray, table: Table) -> list:
 
 def mask_suspects(mask_p: np.ndarray, mask_y: np.ndarray, table: Table, swap_persons: set[int]) -> list:
     """Per-image mask suspects (not expressible in label_fixes.csv); a swap suspect's pair is left to its swap row."""
-    import dataset
+    from maskcls import data as dataset
 
     n, k = mask_y.shape
     given, pred = mask_y.reshape(-1), mask_p.reshape(n * k, 3)
@@ -452,7 +452,7 @@ def find_suspects(
 
     ``years``: the age probe's out-of-fold estimate per person (age_probe.py); the age suspects then come from
     it instead of the age group probabilities."""
-    import dataset
+    from maskcls import data as dataset
 
     mask_p, gender_p, age_p = task_marginals(table.probs)
     mask_y, gender_y, age_y = dataset.decode_label(table.labels)
@@ -474,7 +474,7 @@ def find_suspects(
 
 def _fix_agrees(fix, suspect: Suspect) -> bool:
     """Does an existing label fix say what the suspect's suggestion says?"""
-    import dataset
+    from maskcls import data as dataset
 
     if fix.field == "age":
         return dataset.age_group_names()[dataset.age_group(int(fix.value))] == suspect.suggested
@@ -517,7 +517,7 @@ def _thumbnail(path: Path, failed: list[str]):
     """The image at contact-sheet size (aspect kept), or a grey tile saying it could not be read."""
     from PIL import Image, ImageOps
 
-    import dataset
+    from maskcls import data as dataset
 
     try:
         pixels = dataset.load_image(path, (THUMB[1], THUMB[0])).permute(1, 2, 0).numpy()
@@ -531,7 +531,7 @@ def contact_sheet(suspects: Sequence[Suspect], table: Table, image_root: Path, t
     """One band per person among the ``top`` suspects: what is suspected (given -> suggested), then its 7 images."""
     from PIL import Image, ImageDraw, ImageFont
 
-    import dataset
+    from maskcls import data as dataset
 
     font = ImageFont.load_default(size=12)
     groups: dict[int, list[tuple[int, Suspect]]] = {}
@@ -640,7 +640,7 @@ def label_fixes_of(setting: str, override: Path | None) -> tuple[list | None, Pa
     The comparison file is ``override``, else the runs' file, else the repo's label_fixes.csv (for runs
     trained with --no-label-fixes: the file their suggestions are merged into).
     """
-    import dataset
+    from maskcls import data as dataset
 
     trained_path = None if setting == "none" else dataset.DEFAULT_FIXES if setting == "default" else Path(setting)
     if trained_path is not None and not trained_path.is_file():
@@ -654,7 +654,7 @@ def label_fixes_of(setting: str, override: Path | None) -> tuple[list | None, Pa
 
 def check_labels(table: Table, persons: Sequence, notes: list[str]) -> None:
     """Warn when the labels the runs trained on are not train.csv's (+ fixes): data or fixes changed since."""
-    import dataset
+    from maskcls import data as dataset
 
     _, gender_y, age_y = dataset.decode_label(table.labels[:, 0])
     gender = np.array([int(dataset.GENDER_BY_NAME[p.gender]) for p in persons])
@@ -670,7 +670,7 @@ def check_labels(table: Table, persons: Sequence, notes: list[str]) -> None:
 
 def warn_about_training(setting: str, config: dict, notes: list[str]) -> None:
     """Say what the audit then checks: corrected labels, or an old class trained from another age."""
-    import dataset
+    from maskcls import data as dataset
 
     if setting != "none":
         label_file = dataset.DEFAULT_FIXES if setting == "default" else setting
@@ -689,8 +689,8 @@ def warn_about_training(setting: str, config: dict, notes: list[str]) -> None:
 
 def load_audit_table(args: argparse.Namespace, notes: list[str], step: Progress) -> tuple[Table, dict]:
     step(f"reading the out-of-fold predictions of --runs ({len(args.runs)} given; importing torch first)")
-    import dataset
     import ensemble
+    from maskcls import data as dataset
 
     # a --fold all parent stands for its fold<k> runs
     runs = ensemble.find_members(args.runs, Path("runs"), "valid_preds.csv", "train it with --fold K")
@@ -733,7 +733,7 @@ def load_audit_table(args: argparse.Namespace, notes: list[str], step: Progress)
 
 def probe(table: Table, about: dict, checkpoint: str, device: str, out: Path, step: Progress) -> np.ndarray:
     """The age probe's out-of-fold years per person (age_probe.py), also written to ``out``/age_probe.csv."""
-    import age_probe
+    from maskcls import age_probe
 
     runs = [Path(r) for r in about["runs"]]
     step(f"age probe: {len(runs)} runs x {table.labels.size} images, ridge regression on the backbone features")

@@ -65,7 +65,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from utils import (
+from maskcls.utils import (
     UserError,
     atomic_path,
     atomic_write_csv,
@@ -377,7 +377,7 @@ class DetectorLoader:
         if self._future is None:
             # What this thread imports while the loader runs is imported first: two threads importing torch's
             # modules at once can meet half-initialised ones (ImportError "partially initialized module").
-            import dataset  # noqa: F401  (source_listing's)
+            from maskcls import data as dataset  # noqa: F401  (source_listing's)
 
             self._future = Future()
             threading.Thread(target=self._build, name="detector-loader", daemon=True).start()
@@ -573,7 +573,7 @@ def source_listing(split_dir: Path) -> list[str]:
     Only these are cropped, so nothing else under images/ (a stray copy, a run's PNGs saved there by
     mistake) is ever taken for a photo.
     """
-    import dataset  # here, not at the top: --help answers without it
+    from maskcls import data as dataset  # here, not at the top: --help answers without it
 
     split, data_dir = split_dir.name, split_dir.parent
     if split == "train":

@@ -49,8 +49,16 @@ from pathlib import Path
 
 import numpy as np
 
-import dataset
-from utils import UserError, atomic_save_npy, atomic_write_csv, atomic_write_json, read_csv_rows, read_json, run_main
+from maskcls import data as dataset
+from maskcls.utils import (
+    UserError,
+    atomic_save_npy,
+    atomic_write_csv,
+    atomic_write_json,
+    read_csv_rows,
+    read_json,
+    run_main,
+)
 
 METRIC_KEYS = ("f1", "acc", "f1_mask", "f1_gender", "f1_age")
 _FOLD_DIR = re.compile(r"^fold\d+$")  # train.py --fold all: <name>/fold<k>

@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from utils import UserError, atomic_path, atomic_write_csv, read_csv_rows, read_json, run_main
+from maskcls.utils import UserError, atomic_path, atomic_write_csv, read_csv_rows, read_json, run_main
 
 # Arguments that differ between runs by construction and say nothing about the experiment itself.
 IGNORED_ARGS = frozenset({"name", "output_dir", "run_dir", "resume"})

@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-import dataset
-from checkpoint import CorruptCheckpointError, read_checkpoint  # one reader for train.py and inference.py
 from ensemble import class_distribution, format_class_distribution, format_metrics, ids_sha1, metrics_of, read_answers
-from utils import (
+from maskcls import data as dataset
+from maskcls.checkpoint import CorruptCheckpointError, read_checkpoint  # one reader for train.py and inference.py
+from maskcls.utils import (
     UserError,
     atomic_save_npy,
     atomic_write_csv,
@@ -106,7 +106,7 @@ def for_device(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
 def load_net(ckpt: dict, path: Path) -> torch.nn.Module:
     """The checkpoint's network as trained (its modules intact: age_probe.py reads the backbone), in eval mode."""
-    import model as models
+    from maskcls import models
 
     meta = ckpt["meta"]
     net = models.create_model(meta["model"], head=meta["head"], pretrained=False)
@@ -231,7 +231,7 @@ def predict(
     ``workers``: DataLoader worker processes on a GPU; on the CPU, the threads that decode between model calls.
     ``decode``: ``auto`` (that choice), ``workers`` or ``between`` to force one way.
     """
-    import model as models
+    from maskcls import models
 
     def probs(images: torch.Tensor) -> torch.Tensor:
         p = models.logits_to_probs(net(images).float(), head)

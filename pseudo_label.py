@@ -29,7 +29,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-import dataset
 from ensemble import (
     align_fold,
     check_same_eval_set,
@@ -42,7 +41,8 @@ from ensemble import (
     read_answers,
     read_submission_ids,
 )
-from utils import UserError, atomic_write_csv, atomic_write_json, run_main
+from maskcls import data as dataset
+from maskcls.utils import UserError, atomic_write_csv, atomic_write_json, run_main
 
 EVAL_HINT = "run inference.py --run {run}"
 OOF_HINT = "pseudo-label thresholds need every member's out-of-fold predictions: train it with train.py --fold K"

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from utils import UserError, atomic_write_json, read_json, run_main
+from maskcls.utils import UserError, atomic_write_json, read_json, run_main
 from verdict import run_name
 
 REPO = Path(__file__).resolve().parent
@@ -154,14 +154,14 @@ class _Captured(list):
 def canonical(dest: str, value: Any) -> Any:
     """Compare values as train.py will use them: registered names by their canonical spelling."""
     if isinstance(value, str) and dest in ("criterion", "model"):
-        from registry import UnknownNameError
+        from maskcls.registry import UnknownNameError
 
         try:
             if dest == "criterion":
-                import loss
+                from maskcls import losses as loss
 
                 return loss.CRITERIA.canonical(value)
-            import model
+            from maskcls import models as model
 
             return model.resolve_model_name(value)
         except UnknownNameError:
@@ -228,7 +228,7 @@ def _show(value: Any) -> str:
 
 def check_variant(base: dict, variant: Variant, folds: list[int], seeds: list[int]) -> None:
     """train.py's own argument checks on the variant's resolved arguments, before anything runs."""
-    from config import check_args as check  # train.py's own checks (torch-free)
+    from maskcls.config import check_args as check  # train.py's own checks (torch-free)
 
     args = {**base, "resume": None, "config": None, "seed": seeds[0]}
     if variant.dest:

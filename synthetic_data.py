@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from utils import UserError, atomic_write_bytes, atomic_write_csv, atomic_write_json, run_main
+from maskcls.utils import UserError, atomic_write_bytes, atomic_write_csv, atomic_write_json, run_main
 
 WIDTH, HEIGHT = 384, 512  # the real photos' size (W x H)
 SS = 2  # supersampling factor: shapes are drawn at 2x and filtered down, which gives soft edges

@@ -29,19 +29,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-import artifacts
-import checkpoint
-import config
-import dataset
-import loss as losses
-import model as models
-import optim
-import utils
-from checkpoint import Progress
-from config import ExactlyN, HelpFormatter, TrainParser, flags, fold_value
-from distributed import DistInfo, barrier, broadcast, close_distributed, gather, setup_distributed
-from failures import record_failure
-from trainer import (
+from maskcls import artifacts, checkpoint, config, losses, models, optim, utils
+from maskcls import data as dataset
+from maskcls.checkpoint import Progress
+from maskcls.config import ExactlyN, HelpFormatter, TrainParser, flags, fold_value
+from maskcls.distributed import DistInfo, barrier, broadcast, close_distributed, gather, setup_distributed
+from maskcls.failures import record_failure
+from maskcls.trainer import (
     StepConfig,
     Trainer,
     accumulation,
@@ -52,7 +46,7 @@ from trainer import (
     to_device,
     wrap_for_training,
 )
-from utils import (
+from maskcls.utils import (
     UserError,
     atomic_torch_save,
     atomic_write_bytes,
@@ -250,7 +244,7 @@ def train_one_epoch(
     """
     import torch
 
-    from augment import mix_batch, mixed_loss
+    from maskcls.augment import mix_batch, mixed_loss
 
     net.train()
     optimizer.zero_grad(set_to_none=True)
@@ -352,7 +346,7 @@ def evaluate(
 # --------------------------------------------------------------------------- one training run: the set-up steps
 def build_data(args: argparse.Namespace, split: dataset.Split, mean, std, info: DistInfo, device, startup):
     """(training loader, validation loader, training labels); fills the image cache first with --cache."""
-    from sampler import build_loaders
+    from maskcls.sampler import build_loaders
 
     size = (args.resize[0], args.resize[1])
     cache = None
@@ -468,7 +462,7 @@ def run_epochs(run: Run, trainer: Trainer, progress: Progress) -> str:
 def train_epoch(run: Run, t: Trainer, epoch: int, tag: str, first: bool) -> dict:
     """One epoch's training with its seeds and schedule step: everything random in an epoch derives from
     (seed, epoch, rank), so a resumed run replays it exactly."""
-    from sampler import epoch_seed
+    from maskcls.sampler import epoch_seed
 
     args, info = run.args, run.info
     seed_everything(epoch_seed(args.seed, epoch, info.rank))
@@ -660,8 +654,10 @@ def import_libraries(startup: artifacts.Startup) -> None:
     import torch  # noqa: F401
     from torch.utils.tensorboard import SummaryWriter  # noqa: F401
 
-    import augment  # noqa: F401
-    import sampler  # noqa: F401
+    from maskcls import (
+        augment,  # noqa: F401
+        sampler,  # noqa: F401
+    )
 
     startup.phases["imports"] = time.perf_counter() - startup.start
 

@@ -24,7 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import UserError, atomic_path, atomic_write_csv, atomic_write_text, read_csv_rows, read_json, run_main
+from maskcls.utils import (
+    UserError,
+    atomic_path,
+    atomic_write_csv,
+    atomic_write_text,
+    read_csv_rows,
+    read_json,
+    run_main,
+)
 
 NUM_CLASSES = 18
 TASKS = ("f1_mask", "f1_gender", "f1_age")

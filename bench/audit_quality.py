@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's modules
 
-import utils  # noqa: E402
-from utils import UserError  # noqa: E402
+from maskcls import utils  # noqa: E402
+from maskcls.utils import UserError  # noqa: E402
 
 TRUTH_COLUMNS = ("id", "gender", "age", "swapped")
 MEASURED = ("gender", "age", "mask_swap", "swap_images")
@@ -48,7 +48,7 @@ def read_truth(path: Path) -> dict[str, tuple[str, int, bool]]:
 
 def true_errors(truth: dict, persons: Sequence, swapped_given: set[str]) -> dict[str, set]:
     """The wrong labels per measured field: ids (gender, age, mask_swap) and (id, stem) images (swap_images)."""
-    import dataset
+    from maskcls import data as dataset
 
     ids = {p.id for p in persons}
     if ids != set(truth):
@@ -156,7 +156,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict:
-    import dataset
+    from maskcls import data as dataset
 
     setting = args.label_fixes
     if setting == "auto":

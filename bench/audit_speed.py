@@ -28,7 +28,7 @@ from fake_oof import Plant, write_fake_oof_runs  # noqa: E402
 from helpers import make_tiny_dataset  # noqa: E402
 
 import audit_labels  # noqa: E402
-import utils  # noqa: E402
+from maskcls import utils  # noqa: E402
 
 NAME = "audit_speed"
 

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import utils  # noqa: E402
+from maskcls import utils  # noqa: E402
 
 OUT = REPO / "bench" / "out"
 THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "GOMP_SPINCOUNT")
@@ -308,7 +308,7 @@ def data_summary(data_dir: Path) -> dict[str, Any]:
 
 
 def mean_std() -> tuple[tuple[float, ...], tuple[float, ...]]:
-    import dataset
+    from maskcls import data as dataset
 
     return tuple(dataset.IMAGENET_MEAN), tuple(dataset.IMAGENET_STD)
 

@@ -55,8 +55,8 @@ import common  # noqa: E402  (bench/, the script's own folder, is on sys.path)
 import naive_crop  # noqa: E402
 
 import crop_faces  # noqa: E402
-import utils  # noqa: E402
-from utils import run_main  # noqa: E402
+from maskcls import utils  # noqa: E402
+from maskcls.utils import run_main  # noqa: E402
 
 NAME = "crop_speed"
 PHOTO_SIZE = (384, 512)

@@ -134,7 +134,7 @@ def fixes_match_truth(data: Path) -> dict:
     """Do the persons label_fixes.csv corrects end up with their label_truth.csv labels?"""
     import csv
 
-    import dataset
+    from maskcls import data as dataset
 
     with open(data / "train" / "label_truth.csv", newline="") as f:
         truth = {r["id"]: r for r in csv.DictReader(f)}
@@ -275,6 +275,6 @@ def main(args: argparse.Namespace) -> dict:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
-    from utils import run_main
+    from maskcls.utils import run_main
 
     run_main(lambda: main(get_args_parser().parse_args()))

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import common  # noqa: E402
 
-from utils import UserError, run_main  # noqa: E402
+from maskcls.utils import UserError, run_main  # noqa: E402
 
 NAME = "gpu"
 BUDGET_S = 570.0  # the whole check, under the 10 minutes a lent GPU gives one command

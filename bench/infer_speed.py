@@ -35,9 +35,9 @@ from loader_speed import baseline_transform  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-import dataset  # noqa: E402
-import model as models  # noqa: E402
-from utils import UserError, resolve_device, run_main  # noqa: E402
+from maskcls import data as dataset  # noqa: E402
+from maskcls import models  # noqa: E402
+from maskcls.utils import UserError, resolve_device, run_main  # noqa: E402
 
 NAME = "infer_speed"
 

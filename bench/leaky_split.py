@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))
 
 def image_split(records: list, valid_share: float, seed: int):
     """dataset.Split with ``valid_share`` of the images, drawn at random whatever their person, in validation."""
-    import dataset
+    from maskcls import data as dataset
 
     rng = np.random.default_rng(seed)
     valid = set(rng.choice(len(records), size=max(1, round(valid_share * len(records))), replace=False).tolist())
@@ -29,9 +29,9 @@ def image_split(records: list, valid_share: float, seed: int):
 
 
 def main(valid_share: float, train_argv: list[str]) -> dict:
-    import dataset
     import train
-    from distributed import setup_distributed
+    from maskcls import data as dataset
+    from maskcls.distributed import setup_distributed
 
     args = train.get_args_parser().parse_args(train_argv)
     fixes = dataset.label_fixes_path(args.label_fixes)
@@ -50,7 +50,7 @@ def main(valid_share: float, train_argv: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    from utils import run_main
+    from maskcls.utils import run_main
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--valid-share", type=float, default=0.2, help="share of the images in validation")

@@ -45,8 +45,8 @@ from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
 
-import dataset  # noqa: E402
-from utils import UserError, run_main  # noqa: E402
+from maskcls import data as dataset  # noqa: E402
+from maskcls.utils import UserError, run_main  # noqa: E402
 
 NAME = "loader_speed"
 
@@ -92,9 +92,9 @@ def project_loader(
 
     ``augment``: dataset.Augment keywords for a lever (e.g. ``{"jitter": 0}``); None = train.py's defaults.
     """
-    import sampler
-    from augment import Augment
-    from distributed import DistInfo
+    from maskcls import sampler
+    from maskcls.augment import Augment
+    from maskcls.distributed import DistInfo
 
     image_cache = dataset.ImageCache([r.path for r in records], size, progress=False, log=None) if cache else None
     split = dataset.Split(train=list(records), valid=list(records[:1]))
@@ -174,7 +174,7 @@ class PerImageSeeded(Dataset):
 
 def per_image_loader(records, size, mean, std, batch_size: int, workers: int, pin: bool, seed: int = 0):
     """Same sampler, cache and workers as the project loader, but per-image v2 transforms + default collate."""
-    from sampler import SeededSampler
+    from maskcls.sampler import SeededSampler
 
     cache = dataset.ImageCache([r.path for r in records], size, progress=False, log=None)
     ds = PerImageSeeded(dataset.TrainDataset(records, size, per_image_v2(size, mean, std), cache=cache))
@@ -187,8 +187,8 @@ def per_image_loader(records, size, mean, std, batch_size: int, workers: int, pi
 
 def profile(project_records, photo_records, size, mean, std, n: int, batch_size: int) -> str:
     """Per-image ms of each stage of both pipelines (one process, no workers) and their top ops."""
-    from augment import Augment
     from crop_faces import torch_threads
+    from maskcls.augment import Augment
 
     with torch_threads(1):  # as inside a DataLoader worker
         cache = dataset.ImageCache([r.path for r in project_records], size, progress=False, log=None)
@@ -246,7 +246,7 @@ def batch_profile_lines(train_ds, augment, batches: list[list[int]]) -> list[str
     """torch.profiler's top ops of the project's batches: SeededBatches.__getitems__ then Augment."""
     import torch.profiler as tp
 
-    from sampler import SeededBatches
+    from maskcls.sampler import SeededBatches
 
     seeded = SeededBatches(train_ds)
     with tp.profile(activities=[tp.ProfilerActivity.CPU]) as prof:
@@ -383,7 +383,7 @@ def lever_lines(med: dict, steady: dict) -> list[dict]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from utils import resolve_device
+    from maskcls.utils import resolve_device
 
     common.check_common_args(args)
     if args.epochs < 2 or args.steady_seconds < 0:

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's modul
 
 import common  # noqa: E402
 
-from utils import UserError, resolve_device, run_main  # noqa: E402
+from maskcls.utils import UserError, resolve_device, run_main  # noqa: E402
 
 NAME = "memory"
 BUDGET_GIB = 1.5
@@ -170,7 +170,7 @@ def bare_loop(model: str, batch_size: int, size: tuple[int, int], valid_batch_si
     import torch
     import torch.utils.tensorboard  # noqa: F401
 
-    import model as models
+    from maskcls import models
 
     net = models.create_model(model, head="single", pretrained=False)
     optimizer = torch.optim.AdamW(net.parameters(), lr=3e-4)

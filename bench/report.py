@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's modul
 
 import common  # noqa: E402
 
-from utils import run_main  # noqa: E402
+from maskcls.utils import run_main  # noqa: E402
 
 NAMES = ("crop_speed", "loader_speed", "train_speed", "infer_speed", "memory", "scaling")
 

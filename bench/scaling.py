@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's modul
 
 import common  # noqa: E402
 
-from utils import UserError, run_main  # noqa: E402
+from maskcls.utils import UserError, run_main  # noqa: E402
 
 NAME = "scaling"
 

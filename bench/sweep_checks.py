@@ -25,7 +25,7 @@ import common
 
 import sweep  # noqa: E402  (the repo root is on sys.path through common)
 import verdict  # noqa: E402
-from utils import UserError, run_main  # noqa: E402
+from maskcls.utils import UserError, run_main  # noqa: E402
 
 NAME = "sweep_checks"
 CLAIMER = """

@@ -32,8 +32,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-import model as models  # noqa: E402
-from utils import UserError, resolve_device, run_main  # noqa: E402
+from maskcls import models  # noqa: E402
+from maskcls.utils import UserError, resolve_device, run_main  # noqa: E402
 
 NAME = "train_speed"
 LR, WEIGHT_DECAY, MOMENTUM = 3e-4, 0.01, 0.9  # train.py's defaults (adamw)
@@ -111,12 +111,9 @@ class ProjectLoop:
     """train.py's run_training setup (model to device, channels_last, loss, optimizer, scaler, compile) + its epoch."""
 
     def __init__(self, net: nn.Module, device: torch.device, v: Variant):
-        import loss as losses
-        import optim
         import train
-        import trainer
-        import utils
-        from distributed import DistInfo
+        from maskcls import losses, optim, trainer, utils
+        from maskcls.distributed import DistInfo
 
         self.train, self.device, self.info = train, device, DistInfo()
         net.to(device)

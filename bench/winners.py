@@ -85,7 +85,7 @@ def merged_fixes(runs: Path, audit_name: str, out: Path, data: Path | None = Non
 
     import audit_quality
 
-    import dataset
+    from maskcls import data as dataset
 
     with open(dataset.DEFAULT_FIXES, newline="") as f:
         rows = list(csv.reader(f))
@@ -106,7 +106,7 @@ def truly_wrong(data: Path) -> set[tuple[str, str]]:
     """(id, field) of every label written wrong in train.csv, from label_truth.csv (audit_quality's reading)."""
     import audit_quality
 
-    import dataset
+    from maskcls import data as dataset
 
     truth = audit_quality.read_truth(data / "train" / "label_truth.csv")
     errors = audit_quality.true_errors(truth, dataset.read_persons(data, "images"), set())
@@ -252,6 +252,6 @@ def main(args: argparse.Namespace) -> dict:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
-    from utils import run_main
+    from maskcls.utils import run_main
 
     run_main(lambda: main(get_args_parser().parse_args()))

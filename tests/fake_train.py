@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 import verdict  # noqa: E402
-from utils import atomic_write_csv, atomic_write_json, atomic_write_text, unique_dir  # noqa: E402
+from maskcls.utils import atomic_write_csv, atomic_write_json, atomic_write_text, unique_dir  # noqa: E402
 
 PERSONS, PER_PERSON = 30, 7
 

@@ -177,7 +177,7 @@ def run_cli(module, argv: list[str], capsys) -> tuple[int, str, str]:
     """A script's CLI in this process, as utils.run_main runs it: (exit code, stdout, stderr)."""
     import pytest
 
-    from utils import run_main
+    from maskcls.utils import run_main
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:

@@ -16,9 +16,9 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 from fake_oof import Plant, write_fake_oof_runs  # noqa: E402
 from helpers import make_tiny_dataset, read_rows, run_cli  # noqa: E402
 
-import age_probe  # noqa: E402
 import audit_labels  # noqa: E402
-import dataset  # noqa: E402
+from maskcls import age_probe  # noqa: E402
+from maskcls import data as dataset  # noqa: E402
 
 
 def audit(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -52,7 +52,7 @@ def test_fit_predict_recovers_a_linear_age_signal():
 def test_feature_net_returns_the_pooled_features(head):
     import torch
 
-    import model as models
+    from maskcls import models
 
     net = models.create_model("test_resnet", head=head, pretrained=False).eval()
     feats = age_probe.feature_net(net, head, "test_resnet")
@@ -174,8 +174,8 @@ def test_image_features_and_an_unreadable_image(tmp_path):
     import torch
     from PIL import Image
 
-    import model as models
-    from utils import UserError
+    from maskcls import models
+    from maskcls.utils import UserError
 
     net = models.create_model("test_resnet", head="multi", pretrained=False).eval()
     meta = {"image_size": [32, 24], "mean": [0.5] * 3, "std": [0.25] * 3}

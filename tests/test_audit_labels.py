@@ -20,7 +20,7 @@ from fake_oof import Plant, write_fake_oof_runs  # noqa: E402
 from helpers import make_tiny_dataset, read_rows, run_cli  # noqa: E402
 
 import audit_labels  # noqa: E402
-import dataset  # noqa: E402
+from maskcls import data as dataset  # noqa: E402
 
 N_PERSONS = 120
 

@@ -85,15 +85,14 @@ import pytest
 import torch
 from helpers import make_tiny_dataset
 
-import checkpoint
-import config
-import dataset
+import dataset as dataset_cli
 import ensemble
 import inference
 import train
-import utils
-from failures import user_facing_error
-from utils import UserError, run_main
+from maskcls import checkpoint, config, utils
+from maskcls import data as dataset
+from maskcls.failures import user_facing_error
+from maskcls.utils import UserError, run_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,7 +112,7 @@ def train_main(argv: list[str]):
 
 
 def dataset_main(argv: list[str]):
-    return dataset.main(dataset.get_args_parser().parse_args(argv))
+    return dataset_cli.main(dataset_cli.get_args_parser().parse_args(argv))
 
 
 def inference_main(argv: list[str]):

@@ -68,7 +68,7 @@ def test_bench_data_is_cached_with_crops(out):
         data_dir / "eval" / "crops_manifest.csv"
     ).is_file()
     assert common.data_summary(data_dir)["crops"] == "center"
-    import dataset
+    from maskcls import data as dataset
 
     crops, photos = (dataset.build_image_table(data_dir, d, log=None) for d in ("crops", "images"))
     assert [r.rel for r in crops] == [r.rel for r in photos] and len(crops) == 21

@@ -19,7 +19,7 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 from crop_speed import compose_face_photo  # noqa: E402
 
 import crop_faces  # noqa: E402
-from utils import UserError  # noqa: E402
+from maskcls.utils import UserError  # noqa: E402
 
 P1, P2 = "000001_female_Asian_45", "000002_male_Asian_61"
 OVERRIDE_BOX = (60.0, 80.0, 300.0, 380.0)

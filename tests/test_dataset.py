@@ -14,9 +14,10 @@ import torch
 from helpers import make_tiny_dataset
 from PIL import Image
 
-import dataset as ds
-from augment import Augment
-from utils import UserError, run_main
+import dataset as dataset_cli
+from maskcls import data as ds
+from maskcls.augment import Augment
+from maskcls.utils import UserError, run_main
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = (32, 24)  # (H, W) of the tiny images
@@ -485,12 +486,18 @@ def test_cli_writes_folds(tiny, tmp_path):
 
 def test_cli_default_output_and_user_error(tmp_path, capsys):
     info = make_tiny_dataset(tmp_path / "data", n_persons=6, n_eval=1, quirks=False)
-    args = ds.get_args_parser().parse_args(["--data-dir", str(info["data_dir"]), "--folds", "3", "--no-label-fixes"])
-    assert ds.main(args) == 0
+    args = dataset_cli.get_args_parser().parse_args(
+        ["--data-dir", str(info["data_dir"]), "--folds", "3", "--no-label-fixes"]
+    )
+    assert dataset_cli.main(args) == 0
     assert "label fixes: off" in capsys.readouterr().out
     assert (info["data_dir"] / "train" / "folds.csv").is_file()
     with pytest.raises(SystemExit) as exit_info:
-        run_main(lambda: ds.main(ds.get_args_parser().parse_args(["--data-dir", str(tmp_path / "nowhere")])))
+        run_main(
+            lambda: dataset_cli.main(
+                dataset_cli.get_args_parser().parse_args(["--data-dir", str(tmp_path / "nowhere")])
+            )
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "--data-dir" in err

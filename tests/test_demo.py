@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import dataset
+from maskcls import data as dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,10 +13,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import dataset  # noqa: E402
 import ensemble  # noqa: E402
 from ensemble import hard_vote, soft_vote, vote_fractions  # noqa: E402
-from utils import UserError, atomic_save_npy, atomic_write_csv, atomic_write_json, run_main  # noqa: E402
+from maskcls import data as dataset  # noqa: E402
+from maskcls.utils import UserError, atomic_save_npy, atomic_write_csv, atomic_write_json, run_main  # noqa: E402
 
 C = dataset.NUM_CLASSES
 

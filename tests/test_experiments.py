@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import experiments  # noqa: E402
-from utils import UserError  # noqa: E402
+from maskcls.utils import UserError  # noqa: E402
 
 LOG_HEADER = (
     "epoch,lr,train_loss,train_acc,train_f1,valid_loss,valid_acc,valid_f1,"

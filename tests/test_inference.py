@@ -19,11 +19,11 @@ sys.path.insert(0, str(REPO))
 
 from helpers import make_tiny_dataset  # noqa: E402
 
-import dataset  # noqa: E402
 import ensemble  # noqa: E402
 import inference  # noqa: E402
-import model as models  # noqa: E402
-from utils import run_main  # noqa: E402
+from maskcls import data as dataset  # noqa: E402
+from maskcls import models  # noqa: E402
+from maskcls.utils import run_main  # noqa: E402
 
 TINY_MODEL = "timm:resnet10t"
 SIZE = [32, 24]  # H, W of the hand-built checkpoints

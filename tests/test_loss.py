@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
-import loss as L
-import modules
-from registry import UnknownNameError
-from utils import UserError
+from maskcls import losses as L
+from maskcls import modules
+from maskcls.registry import UnknownNameError
+from maskcls.utils import UserError
 
 CLASSES = [3, 5, 18]
 WEIGHTED = [False, True]
@@ -217,7 +217,8 @@ def test_decode_targets_matches_the_label_layout():
 
 
 def test_decode_targets_agrees_with_dataset():
-    dataset = pytest.importorskip("dataset")
+    from maskcls import data as dataset
+
     labels = torch.arange(18)
     for got, want in zip(modules.decode_targets(labels), dataset.decode_label(labels.numpy())):
         assert got.tolist() == list(want)

@@ -9,10 +9,10 @@ import pytest
 import timm
 import torch
 
-import model as M
-import modules
-from registry import UnknownNameError
-from utils import UserError
+from maskcls import models as M
+from maskcls import modules
+from maskcls.registry import UnknownNameError
+from maskcls.utils import UserError
 
 # The competition retrospective's backbones: alias -> timm architecture.
 ALIASES = {

@@ -19,7 +19,7 @@ import pytest
 
 import sweep
 import verdict
-from utils import UserError
+from maskcls.utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = f"{sys.executable} {REPO / 'tests' / 'fake_train.py'}"
@@ -122,7 +122,7 @@ def fabricated(n_persons=540, per_person=7, seeds=2, base_acc=0.8, variant_acc=0
 
 
 def test_weighted_f1_is_sklearns_macro_f1():
-    import dataset
+    from maskcls import data as dataset
 
     fold = fabricated(n_persons=40, seeds=1, base_acc=0.6, variant_acc=0.3)
     base, variant = verdict.fold_f1(fold)

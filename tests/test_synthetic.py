@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, UnidentifiedImageError
 
 import synthetic_data as sd
-from utils import UserError
+from maskcls.utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 STEMS = {"mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal"}
@@ -155,7 +155,7 @@ def test_age_distribution_has_the_real_shape():
 
 def test_the_known_label_errors_are_present_and_wrong_as_listed(tmp_path):
     """DATASET.md's 11 ids are in train, wrong as listed there; the repo's label_fixes.csv turns them into the truth."""
-    import dataset
+    from maskcls import data as dataset
 
     out = tmp_path / "data"
     sd.generate(out, train_persons=24, eval_persons=1, seed=5, label_noise=0.0, progress=False)

@@ -24,17 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from helpers import make_tiny_dataset  # noqa: E402
 
-import artifacts  # noqa: E402
-import augment  # noqa: E402
-import checkpoint  # noqa: E402
-import config  # noqa: E402
-import dataset  # noqa: E402
-import optim  # noqa: E402
-import sampler  # noqa: E402
 import train  # noqa: E402
-from distributed import DistInfo  # noqa: E402
-from registry import UnknownNameError  # noqa: E402
-from utils import UserError  # noqa: E402
+from maskcls import artifacts, augment, checkpoint, config, optim, sampler  # noqa: E402
+from maskcls import data as dataset  # noqa: E402
+from maskcls.distributed import DistInfo  # noqa: E402
+from maskcls.registry import UnknownNameError  # noqa: E402
+from maskcls.utils import UserError  # noqa: E402
 
 N_PERSONS = 15  # 3 folds of 5 persons: 35 valid images, an odd count (DDP pads, then de-duplicates)
 TB_TAGS = (
@@ -580,7 +575,7 @@ def test_torchrun_two_processes_on_cpu(data_dir, tmp_path):
 
 # --------------------------------------------------------------------------- winners' options (issue 17)
 def test_accumulation_groups_and_the_short_last_group():
-    import trainer
+    from maskcls import trainer
 
     # 5 batches in groups of 2: steps after batches 1, 3 and the short last group (batch 4, alone)
     got = [trainer.accumulation(i, 5, 2) for i in range(5)]
@@ -589,7 +584,7 @@ def test_accumulation_groups_and_the_short_last_group():
 
 
 def test_amp_auto_is_bf16_only_where_native(monkeypatch):
-    import utils
+    from maskcls import utils
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(utils, "native_bf16", lambda device: True)

@@ -5,8 +5,8 @@ import stat
 
 import pytest
 
-import utils
-from registry import Registry, UnknownNameError
+from maskcls import utils
+from maskcls.registry import Registry, UnknownNameError
 
 
 def test_registry_is_case_insensitive_with_aliases():

@@ -15,11 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import loss as losses
-import model as models
-from checkpoint import fold_dirs, is_cv_parent, resolve_resume
-from optim import OPTIMIZERS, SCHEDULERS
-from utils import UserError, atomic_write_text, git_commit, json_text, read_json
+from maskcls import losses, models
+from maskcls.checkpoint import fold_dirs, is_cv_parent, resolve_resume
+from maskcls.optim import OPTIMIZERS, SCHEDULERS
+from maskcls.utils import UserError, atomic_write_text, git_commit, json_text, read_json
 
 # Arguments that describe how this invocation was started, not the experiment: never reloaded.
 NOT_RELOADED = frozenset({"config", "resume", "stop_after"})

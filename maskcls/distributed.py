@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from utils import UserError, resolve_device
+from maskcls.utils import UserError, resolve_device
 
 if TYPE_CHECKING:
     import torch

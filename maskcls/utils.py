@@ -57,7 +57,7 @@ def run_main(main: Callable[[], Any]) -> None:
 
     Use as ``if __name__ == "__main__": run_main(lambda: main(get_args_parser().parse_args()))``.
     """
-    from registry import UnknownNameError
+    from maskcls.registry import UnknownNameError
 
     try:
         code = main()
@@ -400,7 +400,7 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
             check=False,
-            cwd=cwd or Path(__file__).parent,
+            cwd=cwd or Path(__file__).resolve().parents[1],
             capture_output=True,
             text=True,
             timeout=5,

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-import dataset
-from utils import UserError, first_line, unsafe_pickle_global
+from maskcls import data as dataset
+from maskcls.utils import UserError, first_line, unsafe_pickle_global
 
 CHECKPOINT_FORMAT = "maskcls-checkpoint"
 CHECKPOINT_VERSION = 1

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dataset import HEAD_NAMES, HEAD_SIZES
+from maskcls.data import HEAD_NAMES, HEAD_SIZES
 
 
 # --------------------------------------------------------------------------- networks

@@ -11,8 +11,8 @@ import re
 import traceback
 from pathlib import Path
 
-from artifacts import RunSummary, now_iso
-from utils import Interrupted, UserError
+from maskcls.artifacts import RunSummary, now_iso
+from maskcls.utils import Interrupted, UserError
 
 # A write that failed for want of space: the disk is full, a quota or a file size limit is reached, or torch
 # reported its failed write (utils.atomic_torch_save words it "the disk may be full").

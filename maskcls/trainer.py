@@ -13,12 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import config
-import dataset
-import loss as losses
-import model as models
-import optim
-import utils
+from maskcls import config, losses, models, optim, utils
+from maskcls import data as dataset
 
 if TYPE_CHECKING:
     import argparse

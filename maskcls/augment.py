@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dataset import IMAGENET_MEAN, IMAGENET_STD
+from maskcls.data import IMAGENET_MEAN, IMAGENET_STD
 
 # Luma weights of torchvision's rgb_to_grayscale, used by its contrast and saturation adjustments.
 _GRAY = (0.2989, 0.587, 0.114)

@@ -1,6 +1,6 @@
 """A strict, case-insensitive name -> builder registry shared by model.py and loss.py.
 
-from registry import Registry
+from maskcls.registry import Registry
 MODELS = Registry("model")
 
 @MODELS.register("ResNet18")

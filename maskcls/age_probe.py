@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from utils import UserError
+from maskcls.utils import UserError
 
 if TYPE_CHECKING:
     import torch
@@ -93,7 +93,7 @@ def probe_ages(
     ``image_paths``: (P, 7) image files per person; ``ages``: (P,) the years the runs trained on.
     """
     import inference
-    import utils
+    from maskcls import utils
 
     dev = utils.resolve_device(device)
     ages = np.asarray(ages, dtype=np.float64)

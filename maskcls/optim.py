@@ -1,6 +1,6 @@
 """Optimisers and learning-rate schedules by name: the registries behind train.py's --optimizer and --scheduler.
 
-    from optim import build_optimizer, build_scheduler, ScheduleSpec
+    from maskcls.optim import build_optimizer, build_scheduler, ScheduleSpec
     optimizer = build_optimizer(model, "adamw", lr=3e-4, weight_decay=0.01, momentum=0.9)
     scheduler, when = build_scheduler(optimizer, "cosine", spec)   # when: "epoch" or "batch" (call .step() then)
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from registry import Registry
+from maskcls.registry import Registry
 
 OPTIMIZERS = Registry("optimizer")
 SCHEDULERS = Registry("scheduler")

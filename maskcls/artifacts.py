@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset import classification_metrics
-from utils import UserError, atomic_write_csv, atomic_write_json, read_csv_rows, read_json
+from maskcls.data import classification_metrics
+from maskcls.utils import UserError, atomic_write_csv, atomic_write_json, read_csv_rows, read_json
 
 LOG_COLUMNS = (
     "epoch",

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
-import dataset
-from augment import Augment
-from distributed import DistInfo
+from maskcls import data as dataset
+from maskcls.augment import Augment
+from maskcls.distributed import DistInfo
 
 VALID_OLD_THRESHOLD = 60  # the competition's labels: validation is always scored with it
 
