@@ -62,6 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from maskcls import utils
+from maskcls.cli import HelpFormatter
 from maskcls.utils import UserError
 
 FIELDS = ("gender", "age", "mask_swap", "mask")
@@ -572,10 +573,6 @@ def write_sheet(path: Path, sheet) -> None:
 
 
 # --------------------------------------------------------------------------- CLI
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the option help, and the module docstring as written."""
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--runs", nargs="+", required=True, help="one run dir per fold (or a --fold all parent)")

@@ -12,10 +12,11 @@ from pathlib import Path
 
 from maskcls import data as dataset
 from maskcls import utils
+from maskcls.cli import HelpFormatter
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--data-dir", default="data", help="folder holding train/ and eval/ (DATASET.md)")
     parser.add_argument("--folds", type=int, default=5, help="number of person-level folds")
     parser.add_argument("--seed", type=int, default=42, help="fold shuffling seed")

@@ -50,6 +50,14 @@ from pathlib import Path
 import numpy as np
 
 from maskcls import data as dataset
+from maskcls.cli import HelpFormatter
+from maskcls.metrics import (
+    class_distribution,
+    classification_metrics,
+    format_class_distribution,
+    format_metrics,
+    macro_f1,
+)
 from maskcls.utils import (
     UserError,
     atomic_save_npy,
@@ -60,7 +68,6 @@ from maskcls.utils import (
     run_main,
 )
 
-METRIC_KEYS = ("f1", "acc", "f1_mask", "f1_gender", "f1_age")
 _FOLD_DIR = re.compile(r"^fold\d+$")  # train.py --fold all: <name>/fold<k>
 _FOLD_SUFFIX = re.compile(r"[_\-.]?fold\d+$")  # train.py's default name <model>_<criterion>_fold<k>
 
@@ -149,31 +156,6 @@ def read_answers(path: str | Path, ids: Sequence[str]) -> np.ndarray:
             "the answers file must cover every row of eval/info.csv"
         )
     return np.array([answers[i] for i in ids], dtype=np.int64)
-
-
-def format_metrics(metrics: dict) -> str:
-    return "  ".join(f"{k} {metrics[k]:.4f}" for k in METRIC_KEYS if k in metrics)
-
-
-def metrics_of(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
-    return {k: float(v) for k, v in dataset.classification_metrics(y_true, y_pred).items()}
-
-
-def class_distribution(labels: np.ndarray) -> list[dict]:
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=dataset.NUM_CLASSES)
-    total = max(int(counts.sum()), 1)
-    return [
-        {"class": c, "name": name, "count": int(counts[c]), "share": counts[c] / total}
-        for c, name in enumerate(dataset.class_names())
-    ]
-
-
-def format_class_distribution(distribution: list[dict]) -> str:
-    """A small table of how many rows were predicted as each class (from ``class_distribution``)."""
-    lines = [f"{'class':>5}  {'name':<24} {'count':>7} {'share':>7}"]
-    for row in distribution:
-        lines.append(f"{row['class']:>5}  {row['name']:<24} {row['count']:>7} {row['share']:>7.1%}")
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- members
@@ -303,8 +285,8 @@ def ensemble_eval(
     }
     if y_true is not None:
         for entry, ml in zip(report["members"], member_labels):
-            entry["metrics"] = metrics_of(y_true, ml)
-        report["metrics"] = metrics_of(y_true, labels)
+            entry["metrics"] = classification_metrics(y_true, ml)
+        report["metrics"] = classification_metrics(y_true, labels)
     report.update(extra or {})
 
     atomic_write_csv(out, ["ImageID", "ans"], zip(ids, labels.tolist()))
@@ -412,7 +394,8 @@ def oof_ensemble(
         number = _fold_number(loaded, idx)
         label = f"fold{number}" if number is not None else f"rows{k}"
         members_of = [names[i] for i in idx]
-        fold_rows.append({"fold": label, "n": len(y_true), "members": members_of, **metrics_of(y_true, pred)})
+        scores = classification_metrics(y_true, pred)
+        fold_rows.append({"fold": label, "n": len(y_true), "members": members_of, **scores})
         all_true.append(y_true)
         all_pred.append(pred)
         for i, preds in zip(idx, single):
@@ -429,13 +412,13 @@ def oof_ensemble(
         "mode": mode,
         "members": [{"run": n, "weight": float(wi), "fold": m["fold"]} for n, wi, m in zip(names, w, loaded)],
         "folds": fold_rows,
-        "overall": {"n": len(y_true), **metrics_of(y_true, y_pred)},
+        "overall": {"n": len(y_true), **classification_metrics(y_true, y_pred)},
         "single_models": [
             {
                 "group": g,
                 "folds": parts["folds"],
                 "n": int(sum(len(t) for t in parts["true"])),
-                **metrics_of(np.concatenate(parts["true"]), np.concatenate(parts["pred"])),
+                **classification_metrics(np.concatenate(parts["true"]), np.concatenate(parts["pred"])),
             }
             for g, parts in groups.items()
         ],
@@ -542,19 +525,6 @@ def _is_float(text: str) -> bool:
     return True
 
 
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = dataset.NUM_CLASSES) -> float:
-    """sklearn's ``f1_score(average="macro", zero_division=0)`` from one bincount.
-
-    The weight search scores hundreds of votes; sklearn's input checks cost ~100x this arithmetic.
-    Like sklearn it averages over the classes present in ``y_true`` or ``y_pred``.
-    """
-    t, p = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
-    cm = np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-    seen = cm.sum(axis=1) + cm.sum(axis=0)  # support + predicted = 2 tp + fp + fn
-    present = seen > 0
-    return float(np.mean(2 * np.diag(cm)[present] / seen[present]))
-
-
 def grid_resolution(n_groups: int, max_points: int = AUTO_MAX_POINTS) -> int:
     """The finest k of AUTO_RESOLUTIONS whose simplex grid for ``n_groups`` has at most ``max_points`` points."""
     return next((k for k in AUTO_RESOLUTIONS if math.comb(k + n_groups - 1, n_groups - 1) <= max_points), 1)
@@ -653,9 +623,8 @@ def auto_weights(members: list[Path], names: list[str], per_fold: bool) -> tuple
     groups, probs, y = oof["groups"], oof["probs"], oof["labels"]
     chosen = search_group_weights(probs, y)
     equal = np.full(len(groups), 1.0 / len(groups))
-    metrics = {
-        key: metrics_of(y, soft_vote(probs, w).argmax(axis=1)) for key, w in (("equal", equal), ("auto", chosen))
-    }
+    votes = {"equal": soft_vote(probs, equal).argmax(axis=1), "auto": soft_vote(probs, chosen).argmax(axis=1)}
+    metrics = {key: classification_metrics(y, pred) for key, pred in votes.items()}
     group_weight = {g: float(w) for g, w in zip(groups, chosen)}
     keys = [(model_group(n), oof["fold"][i] if per_fold else None) for i, n in enumerate(names)]
     shares = Counter(keys)
@@ -708,10 +677,6 @@ def print_auto_weights(info: dict) -> None:
 
 
 # --------------------------------------------------------------------------- CLI
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the option help, and the module docstring as written (its commands stay on their lines)."""
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--mode", choices=("hard", "soft"), required=True, help="voting rule")

@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from maskcls.cli import HelpFormatter
 from maskcls.utils import UserError, atomic_path, atomic_write_csv, read_csv_rows, read_json, run_main
 
 # Arguments that differ between runs by construction and say nothing about the experiment itself.
@@ -418,7 +419,7 @@ def plot_curves(runs: list[dict], differing: list[str], path: str | os.PathLike)
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Table of training runs: differing arguments, best scores, speed, eval F1.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--runs", default="runs", help="folder searched recursively for run dirs (with config.json)")
     parser.add_argument(

@@ -31,9 +31,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from ensemble import class_distribution, format_class_distribution, format_metrics, ids_sha1, metrics_of, read_answers
+from ensemble import ids_sha1, read_answers
 from maskcls import data as dataset
 from maskcls.checkpoint import CorruptCheckpointError, read_checkpoint  # one reader for train.py and inference.py
+from maskcls.cli import HelpFormatter
+from maskcls.metrics import class_distribution, classification_metrics, format_class_distribution, format_metrics
 from maskcls.utils import (
     UserError,
     atomic_save_npy,
@@ -318,10 +320,6 @@ def fill_unreadable(probs: np.ndarray, failed: dict[int, str]) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- CLI
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the option help, and the module docstring as written (its commands stay on their lines)."""
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--run", required=True, help="run directory written by train.py (outputs go here too)")
@@ -457,7 +455,7 @@ def main(args: argparse.Namespace) -> dict:
     print("predicted class distribution:")
     print(format_class_distribution(class_distribution(labels)))
     if y_true is not None:
-        eval_meta["metrics"] = metrics_of(y_true, labels)
+        eval_meta["metrics"] = classification_metrics(y_true, labels)
         print(f"eval vs {args.answers}: {format_metrics(eval_meta['metrics'])}")
     write_outputs(run, ids, probs, labels, eval_meta)
     print(f"{speed:.1f} images/s; wrote {run / 'submission.csv'}, eval_probs.npy, eval_meta.json")

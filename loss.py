@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 
 from maskcls import losses
+from maskcls.cli import HelpFormatter
 from maskcls.utils import run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 
 from maskcls import models
+from maskcls.cli import HelpFormatter
 from maskcls.utils import run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+        description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False
     )
     parser.add_argument("--build", metavar="NAME", help="build this backbone with random weights and describe it")
     parser.add_argument("--head", default="multi", choices=models.HEADS, help="head to build with --build")

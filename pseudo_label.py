@@ -42,6 +42,7 @@ from ensemble import (
     read_submission_ids,
 )
 from maskcls import data as dataset
+from maskcls.cli import HelpFormatter, format_table
 from maskcls.utils import UserError, atomic_write_csv, atomic_write_json, run_main
 
 EVAL_HINT = "run inference.py --run {run}"
@@ -157,7 +158,7 @@ def print_report(report: dict) -> None:
         row = [r["class"], r["name"], r["oof_predicted"], _num(r["threshold"], ".4f"), r["oof_support"]]
         row += [_num(r["expected_precision"], ".4f"), r["chosen"]]
         rows.append(row + ([_num(r["true_precision"], ".4f")] if has_truth else []))
-    print(dataset.format_table(header + (["true prec"] if has_truth else []), rows))
+    print(format_table(header + (["true prec"] if has_truth else []), rows))
     total, n_eval = report["total"], report["n_eval"]
     line = f"total: {total['chosen']} of {n_eval} eval images pseudo-labelled ({total['chosen'] / n_eval:.1%})"
     line += f", expected precision {_num(total['expected_precision'], '.4f')}"
@@ -173,10 +174,6 @@ def print_report(report: dict) -> None:
 
 
 # --------------------------------------------------------------------------- CLI
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the option help, and the module docstring as written."""
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--runs", nargs="+", required=True, help="member run dirs, or --fold all parents of them")

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maskcls.cli import HelpFormatter
 from maskcls.utils import UserError, atomic_write_json, read_json, run_main
 from verdict import run_name
 
@@ -907,7 +908,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="A base recipe and one-change variants, trained on the same folds and seeds, judged with a "
         "paired bootstrap. Flags after -- are train.py flags of the base.",
         usage="python sweep.py [--base CONFIG] --vary KEY=V1,V2 [...] [-- TRAIN.PY FLAGS OF THE BASE]",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     g = parser.add_argument_group("plan")
     g.add_argument("--base", default=None, help="the base: a run's config.json or run directory")

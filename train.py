@@ -32,9 +32,11 @@ from tqdm import tqdm
 from maskcls import artifacts, checkpoint, config, losses, models, optim, utils
 from maskcls import data as dataset
 from maskcls.checkpoint import Progress
-from maskcls.config import ExactlyN, HelpFormatter, TrainParser, flags, fold_value
+from maskcls.cli import ExactlyN, HelpFormatter
+from maskcls.config import TrainParser, flags, fold_value
 from maskcls.distributed import DistInfo, barrier, broadcast, close_distributed, gather, setup_distributed
 from maskcls.failures import record_failure
+from maskcls.metrics import classification_metrics
 from maskcls.trainer import (
     StepConfig,
     Trainer,
@@ -298,7 +300,7 @@ def _train_metrics(loss_sum: float, seen: int, preds, targets, seconds: float, i
     total = sum(p[1] for p in parts)
     y_pred = np.concatenate([p[2] for p in parts])
     y_true = np.concatenate([p[3] for p in parts])
-    metrics = dataset.classification_metrics(y_true, y_pred)
+    metrics = classification_metrics(y_true, y_pred)
     return {
         "loss": sum(p[0] for p in parts) / max(total, 1),
         "acc": metrics["acc"],
@@ -338,7 +340,7 @@ def evaluate(
         loss_value = criterion(logits.to(cfg.device), labels.to(cfg.device)).item()
         probs = models.logits_to_probs(logits, cfg.head).float().numpy()
         y_true = labels.numpy()
-        metrics = {k: float(v) for k, v in dataset.classification_metrics(y_true, probs.argmax(1)).items()}
+        metrics = {k: float(v) for k, v in classification_metrics(y_true, probs.argmax(1)).items()}
         metrics["loss"] = loss_value
         return metrics, probs, y_true
 

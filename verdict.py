@@ -24,6 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from maskcls.cli import HelpFormatter
+from maskcls.labels import NUM_CLASSES
+from maskcls.metrics import macro_f1_from_counts
 from maskcls.utils import (
     UserError,
     atomic_path,
@@ -34,7 +37,6 @@ from maskcls.utils import (
     run_main,
 )
 
-NUM_CLASSES = 18
 TASKS = ("f1_mask", "f1_gender", "f1_age")
 VERDICTS = ("better", "worse", "within noise")
 
@@ -55,15 +57,6 @@ def _person_counts(persons: np.ndarray, n_persons: int, classes: np.ndarray, mas
     flat = persons * NUM_CLASSES + classes
     weights = None if mask is None else mask.astype(np.float64)
     return np.bincount(flat, weights=weights, minlength=n_persons * NUM_CLASSES).reshape(n_persons, NUM_CLASSES)
-
-
-def macro_f1_from_counts(tp: np.ndarray, pred: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """Macro F1 over the last axis (classes), like sklearn: classes absent from both truth and prediction
-    are left out of the mean; broadcasts over any leading axes (replicates, seeds)."""
-    denom = pred + true
-    present = denom > 0
-    f1 = np.divide(2.0 * tp, denom, out=np.zeros_like(denom, dtype=np.float64), where=present)
-    return f1.sum(-1) / np.maximum(present.sum(-1), 1)
 
 
 def fold_f1(fold: PairedFold, person_weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -333,7 +326,7 @@ def write_verdict(sweep_dir: Path, replicates: int = 1000, seed: int = 0) -> str
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Verdict table of a sweep directory (sweep.py writes it too).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("sweep_dir", type=Path, help="the sweep's directory (holding sweep.json)")
     parser.add_argument("--replicates", type=int, default=1000, help="bootstrap replicates")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskcls.data import classification_metrics
+from maskcls.metrics import classification_metrics
 from maskcls.utils import UserError, atomic_write_csv, atomic_write_json, read_csv_rows, read_json
 
 LOG_COLUMNS = (

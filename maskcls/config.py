@@ -27,26 +27,6 @@ CRITERION_FLAGS = {"focal_gamma": "gamma", "smoothing": "smoothing", "sce_alpha"
 
 
 # --------------------------------------------------------------------------- parser building blocks
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    def _format_args(self, action, default_metavar):
-        if isinstance(action, ExactlyN):
-            return " ".join(action.metavar)
-        return super()._format_args(action, default_metavar)
-
-
-class ExactlyN(argparse.Action):
-    """nargs="+" that insists on len(metavar) values, so `--resize 64` and `--resize 1 2 3` both say why."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if len(values) != len(self.metavar):
-            raise argparse.ArgumentError(
-                self,
-                f"expected {len(self.metavar)} numbers ({' '.join(self.metavar)}), got {len(values)}: "
-                + " ".join(str(v) for v in values),
-            )
-        setattr(namespace, self.dest, list(values))
-
-
 def fold_value(text: str) -> int | str | None:
     value = str(text).strip().lower()
     if value == "all":

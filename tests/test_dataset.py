@@ -79,18 +79,6 @@ def test_mask_from_stem_and_names():
     assert not ds.is_image_name("._mask1.jpg") and not ds.is_image_name("x.gif")
 
 
-def test_classification_metrics():
-    y = np.arange(18)
-    perfect = ds.classification_metrics(y, y)
-    assert perfect == {"f1": 1.0, "acc": 1.0, "f1_mask": 1.0, "f1_gender": 1.0, "f1_age": 1.0}
-    pred = y.copy()
-    pred[y // 6 == 1] -= 6  # every incorrect-mask image called "wear": gender and age still right
-    m = ds.classification_metrics(torch.from_numpy(y), pred)
-    assert m["acc"] == pytest.approx(12 / 18)
-    assert m["f1_gender"] == 1.0 and m["f1_age"] == 1.0 and m["f1_mask"] < 1.0
-    assert 0 < m["f1"] < 1
-
-
 # --------------------------------------------------------------------------- tables and quirks
 def test_read_persons_keeps_string_ids(tiny):
     persons = ds.read_persons(tiny["data_dir"])

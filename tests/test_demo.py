@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from maskcls import data as dataset
+from maskcls import metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +47,7 @@ def test_short_demo_runs_end_to_end(tmp_path):
         assert [r["ImageID"] for r in rows] == ids  # every row, info.csv order
         pred = np.array([int(r["ans"]) for r in rows])
         truth = np.array([answers[i] for i in ids])
-        assert dataset.classification_metrics(truth, pred)["f1"] == pytest.approx(f1, abs=1e-4)
+        assert metrics.classification_metrics(truth, pred)["f1"] == pytest.approx(f1, abs=1e-4)
         assert np.load(demo / f"submission_{mode}_probs.npy").shape == (len(ids), dataset.NUM_CLASSES)
 
     for fold in ("fold0", "fold1"):

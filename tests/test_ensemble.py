@@ -16,6 +16,7 @@ sys.path.insert(0, str(REPO))
 import ensemble  # noqa: E402
 from ensemble import hard_vote, soft_vote, vote_fractions  # noqa: E402
 from maskcls import data as dataset  # noqa: E402
+from maskcls import metrics  # noqa: E402
 from maskcls.utils import UserError, atomic_save_npy, atomic_write_csv, atomic_write_json, run_main  # noqa: E402
 
 C = dataset.NUM_CLASSES
@@ -185,11 +186,11 @@ def test_cli_soft_and_hard_with_default_members(eval_runs, capsys):
         assert [r[0] for r in rows[1:]] == ids
         assert [int(r[1]) for r in rows[1:]] == expected.tolist()
         assert [m["run"] for m in report["members"]] == ["a/fold0", "a/fold1", "b"]
-        f1 = dataset.classification_metrics(truth, expected)["f1"]
+        f1 = metrics.classification_metrics(truth, expected)["f1"]
         assert report["metrics"]["f1"] == pytest.approx(f1)
         assert f"f1 {f1:.4f}" in printed
         for m, name in zip(report["members"], ("a/fold0", "a/fold1", "b")):
-            member_f1 = dataset.classification_metrics(truth, probs[name].astype(np.float32).argmax(axis=1))["f1"]
+            member_f1 = metrics.classification_metrics(truth, probs[name].astype(np.float32).argmax(axis=1))["f1"]
             assert m["metrics"]["f1"] == pytest.approx(member_f1)
         saved = json.loads((root / f"sub_{mode}_report.json").read_text())
         assert saved["agreement"]["members"] == ["a/fold0", "a/fold1", "b"]
@@ -291,12 +292,12 @@ def test_oof_matches_hand_computation(tmp_path, capsys):
                 y = y_k[idx]
             stacked = np.stack(members)
             pred = soft_vote(stacked, weight_list).argmax(axis=1) if mode == "soft" else hard_vote(stacked, weight_list)
-            fold_f1 = dataset.classification_metrics(y, pred)["f1"]
+            fold_f1 = metrics.classification_metrics(y, pred)["f1"]
             assert report["folds"][k]["fold"] == f"fold{k}"
             assert report["folds"][k]["f1"] == pytest.approx(fold_f1)
             y_all.append(y)
             pred_all.append(pred)
-        overall = dataset.classification_metrics(np.concatenate(y_all), np.concatenate(pred_all))
+        overall = metrics.classification_metrics(np.concatenate(y_all), np.concatenate(pred_all))
         assert report["overall"]["f1"] == pytest.approx(overall["f1"])
         assert report["overall"]["acc"] == pytest.approx(overall["acc"])
         assert f"CV macro F1 of the ensemble: {overall['f1']:.4f}" in capsys.readouterr().out
@@ -308,7 +309,7 @@ def test_oof_matches_hand_computation(tmp_path, capsys):
         path = tmp_path / "runs" / "r18" / f"fold{k}" / "valid_preds.csv"
         ys.append(_read_valid_preds(path)[1])
         ps.append([int(line.split(",")[3]) for line in path.read_text().splitlines()[1:]])  # the pred column
-    single = dataset.classification_metrics(np.concatenate(ys), np.concatenate(ps))["f1"]
+    single = metrics.classification_metrics(np.concatenate(ys), np.concatenate(ps))["f1"]
     assert groups["r18"]["f1"] == pytest.approx(single)
 
 
@@ -328,12 +329,6 @@ def test_oof_refuses_other_fold_split(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- --weights auto
-def test_macro_f1_matches_sklearn():
-    rng = np.random.default_rng(6)
-    for n, classes in ((7, 18), (300, 18), (300, 5)):  # few rows: many classes absent from both arrays
-        y, p = rng.integers(0, classes, size=n), rng.integers(0, classes, size=n)
-        assert ensemble.macro_f1(y, p) == pytest.approx(dataset.classification_metrics(y, p)["f1"])
-
 
 def test_simplex_grid_and_resolution():
     grid = ensemble.simplex_grid(3, 20)
@@ -358,7 +353,7 @@ def test_search_group_weights_prefers_the_informative_group():
     assert w.sum() == pytest.approx(1) and w[0] >= 0.7 > 0.3 >= w[1]
     w = ensemble.search_group_weights(np.stack([noise, good]), y)  # order does not matter
     assert w[1] >= 0.7 > 0.3 >= w[0]
-    f1 = {tuple(v): ensemble.macro_f1(y, soft_vote(np.stack([noise, good]), v).argmax(axis=1)) for v in ([0.5, 0.5], w)}
+    f1 = {tuple(v): metrics.macro_f1(y, soft_vote(np.stack([noise, good]), v).argmax(axis=1)) for v in ([0.5, 0.5], w)}
     assert f1[tuple(w)] > f1[(0.5, 0.5)]
 
 
@@ -424,8 +419,8 @@ def test_cli_weights_auto_soft(model_groups, capsys):
     auto = saved["auto_weights"]
     assert auto["groups"] == pytest.approx({"a": expected[0], "b": expected[1]})
     assert auto["rows"] == 120 and auto["persons"] == 40
-    f1_equal = dataset.classification_metrics(y, soft_vote(probs).argmax(axis=1))["f1"]
-    f1_auto = dataset.classification_metrics(y, soft_vote(probs, expected).argmax(axis=1))["f1"]
+    f1_equal = metrics.classification_metrics(y, soft_vote(probs).argmax(axis=1))["f1"]
+    f1_auto = metrics.classification_metrics(y, soft_vote(probs, expected).argmax(axis=1))["f1"]
     assert auto["oof_f1_equal"] == pytest.approx(f1_equal) and auto["oof_f1_auto"] == pytest.approx(f1_auto)
     assert f1_auto > f1_equal and auto["oof_metrics_auto"]["f1_age"] >= 0
     assert f"OOF equal weights: f1 {f1_equal:.4f}" in printed and f"OOF auto weights:  f1 {f1_auto:.4f}" in printed

@@ -22,7 +22,7 @@ from helpers import make_tiny_dataset  # noqa: E402
 import ensemble  # noqa: E402
 import inference  # noqa: E402
 from maskcls import data as dataset  # noqa: E402
-from maskcls import models  # noqa: E402
+from maskcls import metrics, models  # noqa: E402
 from maskcls.utils import run_main  # noqa: E402
 
 TINY_MODEL = "timm:resnet10t"
@@ -266,7 +266,7 @@ def test_end_to_end_inference_and_ensemble(cv_runs, capsys):
         assert code == 0
         sub_ids, ans = read_submission(run / "submission.csv")
         assert sub_ids == ids
-        by_hand = dataset.classification_metrics(truth, ans)
+        by_hand = metrics.classification_metrics(truth, ans)
         assert _printed_f1(out, "eval vs") == pytest.approx(by_hand["f1"], abs=5e-5)
         assert json.loads((run / "eval_meta.json").read_text())["metrics"]["f1"] == pytest.approx(by_hand["f1"])
         assert "wear/male/<30" in out  # the class distribution table
@@ -280,7 +280,7 @@ def test_end_to_end_inference_and_ensemble(cv_runs, capsys):
         printed = capsys.readouterr().out
         sub_ids, ans = read_submission(out_csv)
         assert sub_ids == ids and ans == expected.tolist()
-        by_hand = dataset.classification_metrics(truth, ans)["f1"]
+        by_hand = metrics.classification_metrics(truth, ans)["f1"]
         assert report["metrics"]["f1"] == pytest.approx(by_hand)
         assert _printed_f1(printed, "ensemble:") == pytest.approx(by_hand, abs=5e-5)
         assert [m["run"] for m in report["members"]] == ["r10t_fold0", "r10t_fold1"]
@@ -301,7 +301,7 @@ def test_end_to_end_oof(cv_runs, capsys):
         p = np.array([[float(r[header.index(f"p{i}")]) for i in range(18)] for r in rows])
         y += [int(r[header.index("label")]) for r in rows]
         pred += p.argmax(axis=1).tolist()
-    by_hand = dataset.classification_metrics(y, pred)
+    by_hand = metrics.classification_metrics(y, pred)
     assert report["overall"]["f1"] == pytest.approx(by_hand["f1"])
     assert report["overall"]["n"] == len(y)
     assert [f["fold"] for f in report["folds"]] == ["fold0", "fold1"]

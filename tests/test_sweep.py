@@ -19,6 +19,7 @@ import pytest
 
 import sweep
 import verdict
+from maskcls import metrics
 from maskcls.utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,16 +123,15 @@ def fabricated(n_persons=540, per_person=7, seeds=2, base_acc=0.8, variant_acc=0
 
 
 def test_weighted_f1_is_sklearns_macro_f1():
-    from maskcls import data as dataset
 
     fold = fabricated(n_persons=40, seeds=1, base_acc=0.6, variant_acc=0.3)
     base, variant = verdict.fold_f1(fold)
-    assert base[0] == pytest.approx(dataset.classification_metrics(fold.labels, fold.base[0])["f1"], abs=1e-12)
-    assert variant[0] == pytest.approx(dataset.classification_metrics(fold.labels, fold.variant[0])["f1"], abs=1e-12)
+    assert base[0] == pytest.approx(metrics.classification_metrics(fold.labels, fold.base[0])["f1"], abs=1e-12)
+    assert variant[0] == pytest.approx(metrics.classification_metrics(fold.labels, fold.variant[0])["f1"], abs=1e-12)
     # integer person weights = the rows repeated
     weights = np.random.default_rng(1).multinomial(40, np.full(40, 1 / 40), size=1).astype(float)
     rows = np.repeat(np.arange(len(fold.labels)), weights[0][fold.persons].astype(int))
-    expected = dataset.classification_metrics(fold.labels[rows], fold.base[0][rows])["f1"]
+    expected = metrics.classification_metrics(fold.labels[rows], fold.base[0][rows])["f1"]
     assert verdict.fold_f1(fold, weights)[0][0, 0] == pytest.approx(expected, abs=1e-12)
 
 
