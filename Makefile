@@ -5,15 +5,31 @@ BIN := $(VENV)/bin
 SEED ?= 0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo demo-sweep bench fidelity clean
+.PHONY: install lock test lint demo demo-sweep bench fidelity clean
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt
+# requirements.txt names what the project uses; constraints.txt pins every package (and their dependencies) to the
+# exact versions of an environment the suite passed on, so a fresh machine installs the same set.
+$(STAMP): requirements.txt constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q -r requirements.txt -c constraints.txt
 	touch $(STAMP)
+
+# Regenerate constraints.txt: a fresh environment from requirements.txt alone (newest allowed versions), frozen.
+# Run `make test` afterwards; commit constraints.txt only if it passes.
+LOCK_VENV := .lock-venv
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PY) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install -q -r requirements.txt
+	{ echo "# Exact versions of every package, direct and indirect, from a working environment (make test passed on it)."; \
+	  echo "# make install installs requirements.txt under these; regenerate with: make lock"; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
+	rm -rf $(LOCK_VENV)
 
 test: install
 	$(BIN)/ruff check .
