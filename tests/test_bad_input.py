@@ -90,8 +90,10 @@ import ensemble
 import inference
 import train
 from maskcls import checkpoint, config, utils
-from maskcls import data as dataset
 from maskcls.failures import user_facing_error
+from maskcls.images import ImageCache
+from maskcls.labels import NUM_CLASSES
+from maskcls.tables import read_eval_table, read_persons
 from maskcls.utils import UserError, run_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,12 +183,12 @@ def test_missing_tables_are_one_line(data_copy, tmp_path, capsys):
 
     (data_copy / "eval" / "info.csv").unlink()
     with pytest.raises(UserError, match=r"info\.csv not found .*check --data-dir") as e:
-        dataset.read_eval_table(data_copy)  # what inference.py reads first
+        read_eval_table(data_copy)  # what inference.py reads first
     assert "\n" not in str(e.value)
 
 
 def test_wrong_columns_and_encoding_are_one_line(data_copy, capsys):
-    persons = dataset.read_persons(data_copy)
+    persons = read_persons(data_copy)
     rows = [[p.id, p.gender, p.race, str(p.age), p.path] for p in persons]
     write_train_csv(data_copy, ["ID", "gender", "race", "age", "folder"], rows)
     code, _, err = inline(dataset_main, ["--data-dir", str(data_copy)], capsys)
@@ -201,14 +203,14 @@ def test_wrong_columns_and_encoding_are_one_line(data_copy, capsys):
 
     (data_copy / "eval" / "info.csv").write_text("image_id,ans\nx.jpg,0\n")
     with pytest.raises(UserError, match="lacks column.* ImageID") as e:
-        dataset.read_eval_table(data_copy)
+        read_eval_table(data_copy)
     assert "\n" not in str(e.value)
     assert not (data_copy / "train" / "folds.csv").exists()
 
 
 def test_train_refuses_a_broken_person_table_listing_every_row(data_copy, tmp_path, capsys):
     images = data_copy / "train" / "images"
-    good = [[p.id, p.gender, p.race, str(p.age), p.path] for p in dataset.read_persons(data_copy)]
+    good = [[p.id, p.gender, p.race, str(p.age), p.path] for p in read_persons(data_copy)]
     for f in (images / good[3][4]).glob("normal.*"):  # fewer than 7 images
         f.unlink()
     junk_only = images / good[4][4]
@@ -260,7 +262,7 @@ def test_image_cache_names_the_corrupt_file(tiny, tmp_path):
     fake.write_bytes(b"<html>not an image</html>")
     for bad, reason in ((empty, "empty file"), (fake, "cannot identify image file")):
         with pytest.raises(UserError) as e:
-            dataset.ImageCache([*good, bad], (16, 16), workers=2, progress=False, log=None)
+            ImageCache([*good, bad], (16, 16), workers=2, progress=False, log=None)
         message = str(e.value)
         assert message.startswith(f"cannot read image {bad}: ") and reason in message and "\n" not in message
 
@@ -404,7 +406,7 @@ def test_output_dir_that_cannot_exist_is_one_line(tiny, tmp_path, capsys):
     assert blocker.read_text() == "not a directory\n"
 
     members = tmp_path / "member"
-    probs = np.full((3, dataset.NUM_CLASSES), 1 / dataset.NUM_CLASSES, dtype=np.float32)
+    probs = np.full((3, NUM_CLASSES), 1 / NUM_CLASSES, dtype=np.float32)
     ids = ["a.jpg", "b.jpg", "c.jpg"]
     utils.atomic_save_npy(members / "eval_probs.npy", probs)
     utils.atomic_write_csv(members / "submission.csv", ["ImageID", "ans"], [(i, 0) for i in ids])
@@ -449,7 +451,7 @@ def test_checkpoint_write_failure_is_one_line_and_keeps_the_old_file(tmp_path):
     torch.save({"epoch": 1}, path)
     before = path.read_bytes()
     script = (
-        "import sys, torch, utils\n"
+        "import sys, torch\nfrom maskcls import utils\n"
         f"utils.run_main(lambda: utils.atomic_torch_save({str(path)!r}, {{'w': torch.zeros(1_000_000)}}))\n"
     )
 
