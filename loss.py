@@ -1,7 +1,8 @@
 """python loss.py
 
-The registered losses (maskcls/losses.py): lists every name train.py's --criterion accepts, with its options
-and their defaults. Adding a loss is one decorated builder in maskcls/losses.py.
+The registered losses (maskcls/losses.py): lists every name train.py's --criterion accepts, what it computes,
+its options with their defaults and the train.py flag of those that have one. Adding a loss is one decorated
+function in maskcls/losses.py; its flags then appear in train.py --help.
 """
 
 from __future__ import annotations
@@ -18,9 +19,21 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    for name in losses.CRITERIA.names():
-        options = ", ".join(f"{k}={v}" for k, v in losses.criterion_options(name).items()) or "no options"
-        print(f"{name:16s} {options}")
+    flags = {(f.criterion, f.option): f.flag for f in losses.criterion_flags()}
+    names = losses.CRITERIA.names()
+    aliases: dict[str, list[str]] = {}
+    for alias in losses.CRITERIA.names(with_aliases=True):
+        if alias not in names:
+            aliases.setdefault(losses.CRITERIA.canonical(alias), []).append(alias)
+    for name in names:
+        options = [
+            f"{k}={v}" + (f" ({flags[name, k]})" if (name, k) in flags else "")
+            for k, v in losses.criterion_options(name).items()
+        ]
+        also = f" (also {', '.join(aliases[name])})" if name in aliases else ""
+        print(f"{name}{also}: {', '.join(options) or 'no options'}")
+        doc = " ".join((losses.CRITERIA.get(name).fn.__doc__ or "").split())
+        print(f"    {doc}")
     return 0
 
 

@@ -17,11 +17,15 @@ target precision. ``train.py --pseudo pseudo.csv`` adds them to training only (n
 
 Writes ``--out`` (ImageID,ans,prob in info.csv order: prob is the ensemble probability of ans) and
 ``<out stem>_report.json`` next to it (per class: threshold, out-of-fold support and precision, images chosen,
-and with ``--answers`` their true precision), and prints the same as a table.
+and with ``--answers`` their true precision), and prints the same as a table. The members are read and
+combined by maskcls/members.py, runs.py and oof.py, as ensemble.py reads them.
 """
 
 from __future__ import annotations
 
+import maskcls  # noqa: F401  (first: a package missing below is one line that names make install)
+
+# isort: split
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,20 +33,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ensemble import (
-    align_fold,
-    check_same_eval_set,
-    check_same_split,
-    find_members,
-    fold_members,
-    load_eval_member,
-    load_oof_member,
-    member_names,
-    read_answers,
-    read_submission_ids,
-)
-from maskcls import data as dataset
 from maskcls.cli import HelpFormatter, format_table
+from maskcls.labels import NUM_CLASSES, class_names
+from maskcls.members import check_same_eval_set, check_same_split, find_members, member_names, read_answers
+from maskcls.oof import align_fold, fold_members
+from maskcls.runs import EVAL_PROBS, VALID_PREDS, load_eval_member, load_oof_member, read_submission_ids
 from maskcls.utils import UserError, atomic_write_csv, atomic_write_json, run_main
 
 EVAL_HINT = "run inference.py --run {run}"
@@ -109,7 +104,7 @@ def load_eval(members: list[Path], names: list[str]) -> tuple[list[str], np.ndar
 
 def load_oof(members: list[Path], names: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
     """(out-of-fold probabilities, labels, number of folds): each fold's members averaged, folds concatenated."""
-    find_members([str(m) for m in members], Path("."), "valid_preds.csv", OOF_HINT)  # every member has one
+    find_members([str(m) for m in members], Path("."), VALID_PREDS, OOF_HINT)  # every member has one
     loaded = [load_oof_member(r) for r in members]
     check_same_split(loaded, names)
     folds = fold_members(loaded, names)
@@ -124,7 +119,7 @@ def build_report(
 ) -> dict:
     """Per-class rows and the totals. ``chosen``: the chosen eval images' classes; ``truth``: their answers."""
     rows = []
-    for c, (name, t) in enumerate(zip(dataset.class_names(), thresholds)):
+    for c, (name, t) in enumerate(zip(class_names(), thresholds)):
         mine = chosen == c
         row = {
             "class": c,
@@ -196,7 +191,7 @@ def check_args(args: argparse.Namespace) -> None:
 def main(args: argparse.Namespace) -> dict:
     check_args(args)
     out = Path(args.out)
-    members = find_members(args.runs, Path("."), "eval_probs.npy", EVAL_HINT)
+    members = find_members(args.runs, Path("."), EVAL_PROBS, EVAL_HINT)
     names = member_names(members)
     print(f"members: {len(members)} run(s): {', '.join(names)}")
     ids, eval_probs = load_eval(members, names)
@@ -206,7 +201,7 @@ def main(args: argparse.Namespace) -> dict:
     thresholds = class_thresholds(oof_probs, oof_labels, args.precision, args.min_support)
     reached = sum(t.threshold is not None for t in thresholds)
     print(
-        f"thresholds: {reached} of {dataset.NUM_CLASSES} classes reach precision {args.precision:g} "
+        f"thresholds: {reached} of {NUM_CLASSES} classes reach precision {args.precision:g} "
         f"on >= {args.min_support} out-of-fold rows"
     )
     rows, classes = select_pseudo(eval_probs, thresholds)

@@ -8,13 +8,17 @@
     torchrun --nproc_per_node 4 train.py --model EffB3 --amp # DDP; --batch-size is per process
 
 A run directory holds config.json, best.pt (best valid macro F1), last.pt (resumable), log.csv,
-summary.json, valid_preds.csv, confusion_matrix.png and TensorBoard events (tensorboard --logdir runs).
+summary.json, valid_preds.csv, confusion_matrix.png and TensorBoard events (tensorboard --logdir runs), and
+train.lock: the process training the run locks it, so a second one (--resume twice) is refused.
 Validation is always scored with the competition's age threshold (60); --age-old-threshold only
 changes the training labels.
 """
 
 from __future__ import annotations
 
+import maskcls  # noqa: F401  (first: a package missing below is one line that names make install)
+
+# isort: split
 import argparse
 import contextlib
 import functools
@@ -27,16 +31,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm import tqdm
 
-from maskcls import artifacts, checkpoint, config, losses, models, optim, utils
-from maskcls import data as dataset
+from maskcls import artifacts, checkpoint, config, losses, models, runs, utils
 from maskcls.checkpoint import Progress
-from maskcls.cli import ExactlyN, HelpFormatter
-from maskcls.config import TrainParser, flags, fold_value
 from maskcls.distributed import DistInfo, barrier, broadcast, close_distributed, gather, setup_distributed
 from maskcls.failures import record_failure
+from maskcls.fixes import label_fixes_path
+from maskcls.folds import RunFolds, Split, check_resumed_folds, run_folds, split_records
+from maskcls.images import ImageCache
+from maskcls.labels import class_column, class_names
 from maskcls.metrics import classification_metrics
+from maskcls.tables import load_train, read_pseudo_labels, resolve_image_dir
+from maskcls.train_args import get_args_parser
 from maskcls.trainer import (
     StepConfig,
     Trainer,
@@ -44,12 +50,13 @@ from maskcls.trainer import (
     autocast,
     build_model,
     build_trainer,
+    check_finite,
+    diverged,
     optimizer_step,
     to_device,
     wrap_for_training,
 )
 from maskcls.utils import (
-    UserError,
     atomic_torch_save,
     atomic_write_bytes,
     remove_temp_files,
@@ -65,163 +72,6 @@ if TYPE_CHECKING:
 
 # torch, timm and the helpers built on them (augment.py, sampler.py) are imported inside the functions that
 # use them: `python train.py --help` and a mistyped flag answer without loading them (tests/test_startup.py).
-
-
-# --------------------------------------------------------------------------- arguments
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = TrainParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter, allow_abbrev=False)
-    g = parser.add_argument_group("model")
-    g.add_argument(
-        *flags("--model"),
-        default="ResNet18",
-        help=f"registered model ({', '.join(models.MODELS.names())}), 'timm:<name>' or a plain timm name",
-    )
-    g.add_argument(*flags("--head"), default="single", choices=models.HEADS, help="one 18-way head or mask/gender/age")
-    g.add_argument(
-        *flags("--head-weights"),
-        type=float,
-        nargs="+",
-        action=ExactlyN,
-        metavar=("MASK", "GENDER", "AGE"),
-        default=[1.0, 1.0, 1.0],
-        help="loss weight of each head (--head multi)",
-    )
-    g.add_argument(
-        "--pretrained", action=argparse.BooleanOptionalAction, default=True, help="start from ImageNet weights"
-    )
-    g.add_argument(*flags("--weights"), default=None, help="local backbone weights (.pth/.safetensors), offline")
-    g.add_argument(*flags("--drop-rate"), type=float, default=None, help="classifier dropout (None: model default)")
-
-    g = parser.add_argument_group("loss")
-    g.add_argument(*flags("--criterion"), default="ce", help=f"loss: {', '.join(losses.CRITERIA.names())}")
-    for flag, criterion, what in (
-        ("--focal-gamma", "focal", "focal: focusing exponent"),
-        ("--smoothing", "label_smoothing", "label_smoothing: amount"),
-        ("--sce-alpha", "sce", "sce: weight of CE"),
-        ("--sce-beta", "sce", "sce: weight of reverse CE"),
-    ):
-        default = losses.criterion_options(criterion)[config.CRITERION_FLAGS[flag[2:].replace("-", "_")]]
-        g.add_argument(*flags(flag), type=float, default=None, help=f"{what} (None: the loss's {default})")
-    g.add_argument(
-        *flags("--class-weights"),
-        default="none",
-        choices=("none", "balanced"),
-        help="balanced: weight classes by inverse training frequency",
-    )
-
-    g = parser.add_argument_group("data")
-    g.add_argument(*flags("--data-dir"), default="data", help="folder holding train/ and eval/")
-    g.add_argument(
-        *flags("--image-dir"),
-        default="auto",
-        choices=("auto", "images", "crops"),
-        help="auto: face crops when train/crops_manifest.csv exists, else the photos",
-    )
-    g.add_argument(
-        *flags("--resize"),
-        type=int,
-        nargs="+",
-        action=ExactlyN,
-        metavar=("H", "W"),
-        default=[128, 96],
-        help="input height and width (photos are 512x384)",
-    )
-    g.add_argument(*flags("--folds"), type=int, default=5, help="person-level stratified folds")
-    g.add_argument(
-        *flags("--fold"),
-        type=fold_value,
-        default=0,
-        help="validation fold; 'all' trains every fold (CV score); 'none' trains on every person after CV "
-        "(no validation; with --val-ratio R a random R of the persons validates)",
-    )
-    g.add_argument(*flags("--split-seed"), type=int, default=42, help="seed of the fold/valid split")
-    g.add_argument(
-        *flags("--val-ratio"), type=float, default=0.0, help="--fold none: share of persons held out to validate"
-    )
-    g.add_argument(
-        *flags("--age-old-threshold"), type=int, default=60, help="age of the >=60 class for TRAINING labels"
-    )
-    g.add_argument(
-        *flags("--drop-ages"),
-        type=int,
-        nargs=2,
-        default=None,
-        metavar=("LO", "HI"),
-        help="leave persons aged LO..HI out of TRAINING (e.g. 57 59); validation keeps them",
-    )
-    g.add_argument(
-        *flags("--pseudo"),
-        default=None,
-        metavar="CSV",
-        help="pseudo-labelled eval images (pseudo_label.py) added to TRAINING only; folds and validation unchanged",
-    )
-    g.add_argument(*flags("--sampler"), default="none", choices=("none", "weighted"), help="weighted: by 1/class freq")
-    g.add_argument("--cache", action=argparse.BooleanOptionalAction, default=False, help="decode images once, in RAM")
-    g.add_argument(*flags("--label-fixes"), default=None, help="label fixes CSV (None: the repo's label_fixes.csv)")
-    g.add_argument(
-        *flags("--no-label-fixes"),
-        dest="label_fixes",
-        action="store_const",
-        const="none",
-        help="train on the labels as given",
-    )
-    g.add_argument(*flags("--batch-size"), type=int, default=64, help="training batch size (per process)")
-    g.add_argument(*flags("--valid-batch-size"), type=int, default=256, help="validation batch size (per process)")
-    g.add_argument(
-        *flags("--workers"),
-        type=int,
-        default=min(4, os.cpu_count() or 1),
-        help="DataLoader workers (none with --cache)",
-    )
-
-    g = parser.add_argument_group("optimisation")
-    g.add_argument(*flags("--optimizer"), default="adamw", help=f"one of {', '.join(optim.OPTIMIZERS.names())}")
-    g.add_argument(*flags("--lr"), type=float, default=3e-4, help="(peak) learning rate")
-    g.add_argument(*flags("--weight-decay"), type=float, default=0.01, help="not applied to norms and biases")
-    g.add_argument(*flags("--momentum"), type=float, default=0.9, help="sgd/madgrad momentum")
-    g.add_argument(*flags("--scheduler"), default="cosine", help=f"one of {', '.join(optim.SCHEDULERS.names())}")
-    g.add_argument(*flags("--lr-decay-step"), type=int, default=20, help="step: epochs between decays")
-    g.add_argument(*flags("--gamma"), type=float, default=0.5, help="step: decay factor")
-    g.add_argument(*flags("--min-lr"), type=float, default=1e-6, help="cosine: final lr; cyclic: base lr")
-    g.add_argument(*flags("--cycle-epochs"), type=float, default=2.0, help="cyclic: epochs per up+down cycle")
-    g.add_argument(*flags("--epochs"), type=int, default=10, help="training epochs")
-    g.add_argument(*flags("--accum-steps"), type=int, default=1, help="gradient accumulation steps")
-    g.add_argument(*flags("--clip-grad"), type=float, default=0.0, help="clip gradient norm (0: off)")
-    g.add_argument(*flags("--patience"), type=int, default=0, help="stop after N epochs without better F1 (0: off)")
-    g.add_argument(*flags("--seed"), type=int, default=42, help="training seed (init, data order, augmentation)")
-    g.add_argument(
-        "--deterministic", action=argparse.BooleanOptionalAction, default=False, help="deterministic kernels (slower)"
-    )
-
-    g = parser.add_argument_group("augmentation")
-    g.add_argument(*flags("--cutmix"), type=float, default=0.0, help="probability of CutMix per batch")
-    g.add_argument(*flags("--cutmix-mode"), default="strip", choices=("strip", "box"), help="full-height strip or box")
-    g.add_argument(*flags("--cutmix-beta"), type=float, default=1.0, help="Beta(b, b) of the pasted share")
-    g.add_argument(*flags("--mixup"), type=float, default=0.0, help="MixUp alpha for batches not CutMixed (0: off)")
-
-    g = parser.add_argument_group("speed")
-    g.add_argument(
-        *flags("--amp"),
-        nargs="?",
-        const="bf16",
-        default="off",
-        choices=("off", "auto", "bf16", "fp16"),
-        help="mixed precision (bare --amp = bf16; auto = bf16 where the hardware computes it natively, CUDA or a "
-        "CPU with AVX512-BF16/AMX, else fp32; fp16 = CUDA with GradScaler)",
-    )
-    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="NHWC memory format")
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
-    g.add_argument(*flags("--ema"), type=float, default=0.0, help="EMA decay of the weights, e.g. 0.999 (0: off)")
-    g.add_argument(*flags("--device"), default="auto", help="auto, cpu, cuda or cuda:N")
-
-    g = parser.add_argument_group("output")
-    g.add_argument(*flags("--output-dir", "--model-dir"), default="runs", help="parent of the run directories")
-    g.add_argument(*flags("--name"), default=None, help="run directory name (None: <model>_<criterion>_fold<k>)")
-    g.add_argument(*flags("--log-interval"), type=int, default=20, help="batches between progress-bar updates")
-    g.add_argument(*flags("--config"), default=None, help="a run's config.json: its args become the defaults")
-    g.add_argument(*flags("--resume"), default=None, help="last.pt (or a run directory) to continue")
-    g.add_argument(*flags("--stop-after"), type=int, default=None, help=argparse.SUPPRESS)  # tests: simulate a kill
-    return parser
 
 
 # --------------------------------------------------------------------------- epochs
@@ -254,7 +104,7 @@ def train_one_epoch(
     # Running sums stay on the device: no host sync per batch, only at progress-bar updates.
     loss_sum, seen, preds, targets = torch.zeros((), device=cfg.device), 0, [], []
     start = time.perf_counter()
-    bar = tqdm(loader, desc=desc, disable=not info.main, leave=False, dynamic_ncols=True, file=sys.stderr)
+    bar = utils.progress_bar(loader, info.main, desc=desc, leave=False, dynamic_ncols=True)
     for i, (images, labels) in enumerate(bar):
         if i == 0 and on_first_batch is not None:
             on_first_batch()
@@ -274,8 +124,8 @@ def train_one_epoch(
         loss_sum += loss.detach() * labels.shape[0]
         seen += labels.shape[0]
         with torch.no_grad():  # train acc/F1 score against the original labels (targets_a) under CutMix too
-            preds.append(models.logits_to_probs(logits.detach(), cfg.head).argmax(1))
-        targets.append(labels)
+            preds.append(models.logits_to_probs(logits.detach(), cfg.head, cfg.age_head, cfg.old_threshold).argmax(1))
+        targets.append(class_column(labels))
         if i % cfg.log_interval == 0 or i + 1 == n_batches:
             show_progress(
                 bar, loss_sum.item() / seen, seen * info.world / max(time.perf_counter() - start, 1e-9), desc, i
@@ -287,10 +137,7 @@ def train_one_epoch(
 def show_progress(bar, mean_loss: float, rate: float, desc: str, batch: int) -> None:
     """The progress bar's loss and images/s; a loss gone NaN/inf stops the run with the way out."""
     if not math.isfinite(mean_loss):
-        raise UserError(
-            f"training loss became {mean_loss} ({desc}, batch {batch + 1}); lower --lr, add --clip-grad 1.0 "
-            "or use --amp bf16 instead of fp16"
-        )
+        raise diverged("training loss", mean_loss, f"{desc}, batch {batch + 1}")
     bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
 
 
@@ -313,14 +160,15 @@ def _train_metrics(loss_sum: float, seen: int, preds, targets, seconds: float, i
 
 def evaluate(
     net: nn.Module, loader: DataLoader, criterion: nn.Module, n_items: int, cfg: StepConfig, info: DistInfo, desc: str
-) -> tuple[dict, np.ndarray, np.ndarray]:
-    """(metrics incl. loss, probs (N, 18), labels) over the whole valid set, in dataset order (DDP-exact)."""
+) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray | None]:
+    """(metrics incl. loss, probs (N, 18), labels, expected ages (N,) of the years head or None) over the whole
+    valid set, in dataset order (DDP-exact)."""
     import torch
 
     with torch.no_grad():
         net.eval()
         logits_all, labels_all, index_all = [], [], []
-        for images, labels, index in tqdm(loader, desc=desc, disable=not info.main, leave=False, file=sys.stderr):
+        for images, labels, index in utils.progress_bar(loader, info.main, desc=desc, leave=False):
             images, _ = to_device(images, labels, cfg)
             with autocast(cfg):
                 logits = net(images)
@@ -338,16 +186,25 @@ def evaluate(
         if len(labels) != n_items:
             raise RuntimeError(f"evaluation saw {len(labels)} of {n_items} validation images")
         loss_value = criterion(logits.to(cfg.device), labels.to(cfg.device)).item()
-        probs = models.logits_to_probs(logits, cfg.head).float().numpy()
-        y_true = labels.numpy()
+        probs = models.logits_to_probs(logits, cfg.head, cfg.age_head, cfg.old_threshold).float().numpy()
+        y_true = class_column(labels).numpy()
         metrics = {k: float(v) for k, v in classification_metrics(y_true, probs.argmax(1)).items()}
         metrics["loss"] = loss_value
-        return metrics, probs, y_true
+        return metrics, probs, y_true, expected_ages(logits, cfg)
+
+
+def expected_ages(logits: torch.Tensor, cfg: StepConfig) -> np.ndarray | None:
+    """The years head's expected age of each row (valid_preds.csv's age_years); None for a groups run."""
+    from maskcls.age import expected_age
+
+    dist = models.age_distribution(logits, cfg.head, cfg.age_head)
+    return None if dist is None else expected_age(dist).numpy()
 
 
 # --------------------------------------------------------------------------- one training run: the set-up steps
-def build_data(args: argparse.Namespace, split: dataset.Split, mean, std, info: DistInfo, device, startup):
+def build_data(args: argparse.Namespace, split: Split, mean, std, info: DistInfo, device, startup):
     """(training loader, validation loader, training labels); fills the image cache first with --cache."""
+    from maskcls.augment import Augment, recipe_of
     from maskcls.sampler import build_loaders
 
     size = (args.resize[0], args.resize[1])
@@ -355,13 +212,14 @@ def build_data(args: argparse.Namespace, split: dataset.Split, mean, std, info: 
     if args.cache:
         paths = [r.path for r in split.train + split.valid]
         with startup.phase("cache"):
-            cache = dataset.ImageCache(paths, size, progress=info.main, log=print if info.main else None)
+            cache = ImageCache(paths, size, progress=info.main, log=print if info.main else None)
     # From the cache a batch is one index_select: workers would only add memory (each a forked copy of
     # a large parent; bench/memory.py) and inter-process copies (bench/loader_speed.py, "workers 0").
     workers = 0 if cache is not None else args.workers
     return build_loaders(
         split, size, mean, std, args.age_old_threshold, args.batch_size, args.valid_batch_size, workers,
         args.sampler, args.seed, cache, info, pin_memory=device.type == "cuda", device=device,
+        augment=Augment(mean, std, **recipe_of(vars(args))), with_ages=args.age_head == "years",
     )  # fmt: skip
 
 
@@ -372,7 +230,7 @@ class Run:
 
     args: argparse.Namespace
     run_dir: Path
-    split: dataset.Split
+    split: Split
     image_dir: Path
     info: DistInfo
     summary: artifacts.RunSummary
@@ -383,7 +241,7 @@ class Run:
 def run_training(
     args: argparse.Namespace,
     run_dir: Path,
-    split: dataset.Split,
+    split: Split,
     image_dir: Path,
     info: DistInfo,
     device: torch.device,
@@ -393,32 +251,62 @@ def run_training(
 ) -> dict:
     """Train one model on one split into ``run_dir`` (set up, restore, the epochs, finish); returns the summary.
 
-    ``cv_parent``: the directory of the `--fold all` run this is a fold of (what a stopped run resumes)."""
+    ``cv_parent``: the directory of the `--fold all` run this is a fold of (what a stopped run resumes).
+    The run directory is locked the whole time: a second trainer of it is refused before it reads or writes."""
+    with run_dir_lock(run_dir, info):
+        return train_run(args, run_dir, split, image_dir, info, device, resume, startup, cv_parent)
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path, info: DistInfo):
+    """Hold ``run_dir``'s lock (maskcls.runs.lock_run_dir) for the block. Under DDP rank 0 takes it, the one
+    process that writes the run; every rank stops with its refusal, so none waits for the others."""
+    with contextlib.ExitStack() as held:
+        refusal = None
+        if info.main:
+            try:
+                held.enter_context(runs.lock_run_dir(run_dir))
+            except runs.RunLocked as e:
+                refusal = str(e)
+        refusal = broadcast(refusal, info)
+        if refusal is not None:
+            raise runs.RunLocked(refusal)
+        yield
+
+
+def train_run(args, run_dir, split, image_dir, info, device, resume, startup, cv_parent) -> dict:
+    """run_training's work, with the run directory locked."""
     summary = artifacts.RunSummary(run_dir, args.fold, args.folds, writes=info.main, resumed=resume is not None)
+    if resume is not None:
+        check_resumed_folds(summary.previous, split.provenance)  # refused before anything is written
     run = Run(args, run_dir, split, image_dir, info, summary, startup or artifacts.Startup(time.perf_counter()))
     if resume is not None and info.main:
         remove_temp_files(run_dir)  # half-written files of the killed process (atomic writes: never the real ones)
+        checkpoint.keep_replaced(run_dir, resume)  # resuming an earlier epoch (best.pt): what it replaces is kept
     try:
         if info.main:
             saved = config.json_args(args), image_dir, summary.session_start_time, info.world
             # summary.json keeps a fingerprint of the config.json written: a later --resume spots a hand edit.
             recorded = summary.previous.get("config_sha1")
-            summary.write(config_sha1=config.write_config(run_dir, *saved, recorded_sha1=recorded))
+            # ... and which folds it validates on (folds.csv's path and sha1): a changed file shows.
+            summary.write(config_sha1=config.write_config(run_dir, *saved, recorded_sha1=recorded), **split.provenance)
         seed_everything(args.seed, args.deterministic)
         net, mean, std = build_model(args, device, pretrained=args.pretrained and resume is None)
         loaders = build_data(args, split, mean, std, info, device, run.startup)
         trainer = build_trainer(args, net, loaders, mean, std, device)
         progress = Progress() if resume is None else checkpoint.restore_progress(resume, trainer, summary, info.main)
         wrap_for_training(trainer, info, device, args.compile, args.deterministic)
+        summary.write(amp=utils.amp_name(trainer.cfg.amp_dtype))  # what --amp (auto by default) came to here
         if info.main:
             from torch.utils.tensorboard import SummaryWriter
 
             run.writer = SummaryWriter(str(run_dir), purge_step=progress.start_epoch if resume is not None else None)
+            years = f", age in years ({args.age_loss})" if args.age_head == "years" else ""
             print(
-                f"{run_dir}: {net.model_name} ({args.head} head), {len(split.train)} train / {len(split.valid)} "
+                f"{run_dir}: {net.model_name} ({args.head} head{years}), {len(split.train)} train / {len(split.valid)} "
                 f"valid images from {image_dir}, {args.resize[0]}x{args.resize[1]} px, {device}"
                 + (f" x{info.world} processes" if info.ddp else "")
-                + (f", amp {str(trainer.cfg.amp_dtype).removeprefix('torch.')}" if trainer.cfg.amp_dtype else "")
+                + f", amp {summary.data['amp']} (--amp {args.amp})"
             )
         outcome = run_epochs(run, trainer, progress)
         if outcome == "stopped":
@@ -442,18 +330,19 @@ def run_epochs(run: Run, trainer: Trainer, progress: Progress) -> str:
         lr = t.optimizer.param_groups[0]["lr"]
         tag = f"epoch {epoch}/{args.epochs}"
         train = train_epoch(run, t, epoch, tag, first=epoch == progress.start_epoch)
-        valid, probs, y_true = None, None, None  # a run on every person (--fold none) has no validation
+        valid, probs, y_true, ages = None, None, None, None  # a run on every person (--fold none): no validation
         if t.valid_loader is not None:
             n_valid = len(run.split.valid)
-            valid, probs, y_true = evaluate(
+            valid, probs, y_true, ages = evaluate(
                 t.eval_net, t.valid_loader, t.criterion, n_valid, t.cfg, info, f"{tag} valid"
             )
+        check_finite(t, train, valid, probs, tag)  # a diverged epoch stops the run before any of it is saved
         progress.history.append(artifacts.log_row(epoch, lr, train, valid, time.perf_counter() - epoch_start))
         improved = valid is not None and valid["f1"] > progress.best_f1
         if improved:
             progress.best_f1, progress.best_epoch, progress.best_metrics = valid["f1"], epoch, valid
         if info.main:
-            save_epoch(run, trainer, progress, valid, probs if improved else None, y_true)
+            save_epoch(run, trainer, progress, valid, probs if improved else None, y_true, ages)
             print_epoch(tag, train, valid, improved)
         outcome = stop_reason(run, progress, epoch)
         if outcome is not None:
@@ -498,27 +387,29 @@ def stop_reason(run: Run, progress: Progress, epoch: int) -> str | None:
 def report_first_batch(run: Run) -> None:
     """The log's "first batch after ... s (imports, data, cache ...)" line, also kept in summary.json."""
     line, record = run.startup.first_batch()
-    tqdm.write(line, file=sys.stdout)
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stdout)  # on a terminal: above the progress bar (stderr), not through it
     run.summary.data["startup"] = record  # written with the epoch's summary
 
 
-def save_epoch(run: Run, trainer: Trainer, progress: Progress, valid: dict, best_probs, y_true) -> None:
+def save_epoch(run: Run, trainer: Trainer, progress: Progress, valid: dict, best_probs, y_true, ages=None) -> None:
     """Rank 0 after an epoch: best.pt, valid_preds.csv and the confusion matrix when it improved (``best_probs``
-    given), then last.pt, log.csv, TensorBoard scalars and summary.json."""
+    given; ``ages``: the years head's expected ages), then last.pt, log.csv, TensorBoard scalars and summary.json."""
     args, run_dir, row = run.args, run.run_dir, progress.history[-1]
     epoch, size = row["epoch"], (args.resize[0], args.resize[1])
     meta = checkpoint.checkpoint_meta(
         trainer.raw.model_name, args.head, size, trainer.mean, trainer.std, run.image_dir.name,
-        args.age_old_threshold, epoch, valid, config.json_args(args),
+        args.age_old_threshold, epoch, valid, config.json_args(args), args.age_head, args.age_loss, args.age_sigma,
     )  # fmt: skip
     eval_state = trainer.eval_net.state_dict()
     if valid is None:  # no validation to choose by: best.pt is the latest weights, what inference reads
         atomic_torch_save(run_dir / "best.pt", checkpoint.base_checkpoint(eval_state, meta))
     if best_probs is not None:
         atomic_torch_save(run_dir / "best.pt", checkpoint.base_checkpoint(eval_state, meta))
-        artifacts.write_valid_preds(run_dir / "valid_preds.csv", run.split.valid, y_true, best_probs)
+        artifacts.write_valid_preds(run_dir / "valid_preds.csv", run.split.valid, y_true, best_probs, ages)
         title = f"{run_dir.name} epoch {epoch}: F1 {valid['f1']:.4f}, acc {valid['acc']:.4f}"
-        fig = artifacts.confusion_figure(y_true, best_probs.argmax(1), dataset.class_names(), title)
+        fig = artifacts.confusion_figure(y_true, best_probs.argmax(1), class_names(), title)
         atomic_write_bytes(run_dir / "confusion_matrix.png", artifacts.figure_png(fig))
         run.writer.add_figure("valid/confusion_matrix", fig, epoch)
     t = trainer
@@ -575,41 +466,57 @@ def finish(run: Run, progress: Progress, stopped_early: bool) -> dict:
 
 # --------------------------------------------------------------------------- cross-validation and entry point
 def make_run_dir(parent: Path, name: str, info: DistInfo) -> Path:
-    """Rank 0 picks a fresh directory (never overwriting: name_2, name_3...) and tells the others."""
-    chosen = str(unique_dir(parent, name)) if info.main else None
+    """Rank 0 picks a fresh directory (never overwriting: name_2, name_3...) and tells the others. A run of that
+    name that ended before its first checkpoint gives its name back (artifacts.take_back_name), said in one line."""
+    chosen = None
+    if info.main:
+        ended = artifacts.take_back_name(parent / name)
+        if ended is not None:
+            print(
+                f"{parent / name}: replacing the run of this name that ended before its first checkpoint "
+                f"(nothing in it to resume); it had stopped with: {ended}"
+            )
+        chosen = str(unique_dir(parent, name))
     return Path(broadcast(chosen, info))
 
 
 @dataclass
 class TrainData:
     """What the runs split: train/'s persons and image records (label fixes applied), the folder they were read
-    from, and the pseudo-labelled eval images of --pseudo (training only, whatever the fold)."""
+    from, the pseudo-labelled eval images of --pseudo (training only, whatever the fold), and the folds
+    (train/folds.csv; None with --fold none, which uses none: they are then made from --split-seed)."""
 
     persons: list
     records: list
     image_dir: Path
     pseudo: list = field(default_factory=list)
+    folds: RunFolds | None = None
 
-    def split(self, args: argparse.Namespace, fold) -> dataset.Split:
-        split = dataset.split_records(
-            self.records, self.persons, fold, args.folds, args.split_seed, args.val_ratio, args.drop_ages
-        )
+    def split(self, args: argparse.Namespace, fold) -> Split:
+        folds = args.folds if self.folds is None else self.folds.folds
+        split = split_records(self.records, self.persons, fold, folds, args.split_seed, args.val_ratio, args.drop_ages)
         split.train = split.train + self.pseudo  # never in validation: the folds stay the persons' folds
+        if self.folds is not None and fold is not None:
+            split.provenance = self.folds.record()
         return split
 
 
 def load_data(args: argparse.Namespace, main_rank: bool) -> TrainData:
     """train/ with its label fixes, and --pseudo's eval images from the same kind of folder (crops or photos)."""
-    image_dir = dataset.resolve_image_dir(args.data_dir, "train", args.image_dir)
-    fixes = dataset.label_fixes_path(args.label_fixes)
+    image_dir = resolve_image_dir(args.data_dir, "train", args.image_dir)
+    fixes = label_fixes_path(args.label_fixes)
     log = print if main_rank else None
-    persons, records = dataset.load_train(args.data_dir, args.image_dir, label_fixes=fixes, log=log)
+    persons, records = load_train(args.data_dir, args.image_dir, label_fixes=fixes, log=log)
     if main_rank:
         print(f"images: {image_dir} (--image-dir {args.image_dir})")
-    pseudo = dataset.read_pseudo_labels(args.pseudo, args.data_dir, image_dir.name) if args.pseudo else []
+    folds = None  # --fold none trains on every person, or holds --val-ratio of them out: no folds, no folds.csv
+    if args.fold is not None:
+        # train/folds.csv decides; absent, it is made from --split-seed and written (by rank 0 only) for later runs
+        folds = run_folds(args.data_dir, persons, args.folds, args.split_seed, args.label_fixes, main_rank, log)
+    pseudo = read_pseudo_labels(args.pseudo, args.data_dir, image_dir.name) if args.pseudo else []
     if main_rank and args.pseudo:
         print(f"pseudo labels: {len(pseudo)} eval images from {args.pseudo} join training (never validation)")
-    return TrainData(persons, records, image_dir, pseudo)
+    return TrainData(persons, records, image_dir, pseudo, folds)
 
 
 def run_cv(args, data: TrainData, info: DistInfo, device, name: str, resume_parent: Path | None, startup) -> dict:
@@ -631,13 +538,13 @@ def run_fold(args, fold: int, parent: Path, data: TrainData, info, device, resum
     """One fold of a `--fold all` run into parent/fold<k>: skipped when finished, resumed, or trained afresh."""
     fold_args = argparse.Namespace(**{**vars(args), "fold": fold, "resume": None})
     run_dir = parent / f"fold{fold}"
-    state = broadcast(artifacts.fold_state(run_dir) if info.main and resumed else "fresh", info)
+    state = broadcast(runs.run_state(run_dir) if info.main and resumed else "fresh", info)
     if info.main:
         run_dir.mkdir(parents=True, exist_ok=resumed)
         print(f"=== fold {fold + 1}/{args.folds}" + (f" ({state})" if resumed else "") + " ===")
     barrier(info)
     if state == "finished":
-        return {**artifacts.read_summary(run_dir), "run_dir": str(run_dir)}
+        return {**runs.read_summary(run_dir), "run_dir": str(run_dir)}
     resume = None
     if state == "resumable":
         resume = checkpoint.resolve_resume(str(run_dir), quiet=not info.main)

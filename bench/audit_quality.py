@@ -48,7 +48,7 @@ def read_truth(path: Path) -> dict[str, tuple[str, int, bool]]:
 
 def true_errors(truth: dict, persons: Sequence, swapped_given: set[str]) -> dict[str, set]:
     """The wrong labels per measured field: ids (gender, age, mask_swap) and (id, stem) images (swap_images)."""
-    from maskcls import data as dataset
+    from maskcls.labels import age_group
 
     ids = {p.id for p in persons}
     if ids != set(truth):
@@ -59,7 +59,7 @@ def true_errors(truth: dict, persons: Sequence, swapped_given: set[str]) -> dict
         gender, age, swapped = truth[p.id]
         if gender != p.gender:
             errors["gender"].add(p.id)
-        if dataset.age_group(age) != dataset.age_group(p.age):
+        if age_group(age) != age_group(p.age):
             errors["age"].add(p.id)
         if swapped != (p.id in swapped_given):
             errors["mask_swap"].add(p.id)
@@ -156,21 +156,22 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from maskcls import data as dataset
+    from maskcls.fixes import DEFAULT_FIXES, apply_label_fixes, read_label_fixes
+    from maskcls.tables import read_persons
 
     setting = args.label_fixes
     if setting == "auto":
         summary = args.audit / "label_audit_summary.json"
         used = utils.read_json(summary).get("trained_with_label_fixes", "none") if summary.is_file() else "none"
-        setting = "none" if used == "none" else str(dataset.DEFAULT_FIXES if used == "default" else used)
-    persons = dataset.read_persons(args.data_dir, "images")
+        setting = "none" if used == "none" else str(DEFAULT_FIXES if used == "default" else used)
+    persons = read_persons(args.data_dir, "images")
     swapped: set[str] = set()
     if setting != "none":
-        persons, swapped, _ = dataset.apply_label_fixes(persons, dataset.read_label_fixes(setting))
+        persons, swapped, _ = apply_label_fixes(persons, read_label_fixes(setting))
     truth = read_truth(Path(args.data_dir) / "train" / "label_truth.csv")
     errors = true_errors(truth, persons, swapped)
     audit_rows = utils.read_csv_rows(args.audit / "label_audit.csv", ["id", "path", "field", "flagged"], "the audit")
-    known = [f for f in dataset.read_label_fixes(dataset.DEFAULT_FIXES) if f.field in MEASURED]
+    known = [f for f in read_label_fixes(DEFAULT_FIXES) if f.field in MEASURED]
     report = {"data_dir": str(args.data_dir), "audit": str(args.audit), "label_fixes": setting}
     report |= measure(audit_rows, errors, known)
     print_report(report)

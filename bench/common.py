@@ -30,6 +30,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from maskcls import utils  # noqa: E402
+from maskcls.runs import read_summary  # noqa: E402
 
 OUT = REPO / "bench" / "out"
 THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "GOMP_SPINCOUNT")
@@ -226,11 +227,11 @@ def data_key(train_persons: int, eval_persons: int, seed: int, crops: str) -> st
 def bench_data(
     out: Path, train_persons: int, eval_persons: int, seed: int = 0, crops: str = "mtcnn", progress: bool = True
 ) -> Path:
-    """A DATASET.md-layout data dir with train/ and eval/ photos plus their crops/, made once and cached.
+    """A docs/DATASET.md-layout data dir with train/ and eval/ photos plus their crops/, made once and cached.
 
-    Photos come from synthetic_data.generate (tests/helpers.make_tiny_dataset at 384x512 if it is
-    missing); crops from crop_faces.crop_split, detecting faces (``mtcnn``) or, for quick runs, with
-    every photo overridden by crop_faces' fixed central face box (``center``; no detection, same code
+    Photos come from maskcls.synthetic.writer.generate (tests/helpers.make_tiny_dataset at 384x512 if it is
+    missing); crops from maskcls.crop.runner.crop_split, detecting faces (``mtcnn``) or, for quick runs, with
+    every photo overridden by maskcls.crop.geometry's fixed central face box (``center``; no detection, same code
     that writes crops/ and crops_manifest.csv).
     """
     root = Path(out) / "data" / data_key(train_persons, eval_persons, seed, crops)
@@ -240,7 +241,7 @@ def bench_data(
     shutil.rmtree(partial, ignore_errors=True)
     start = time.perf_counter()
     try:
-        from synthetic_data import generate
+        from maskcls.synthetic.writer import generate
     except ImportError:
         generate = None
     if generate is not None:
@@ -279,26 +280,28 @@ def make_crops(data_dir: Path, method: str, progress: bool = True) -> dict[str, 
     """Write <split>/crops/ and crops_manifest.csv for train and eval with crop_faces' own pipeline."""
     from PIL import Image
 
-    import crop_faces
+    from maskcls.crop.detector import FaceDetector
+    from maskcls.crop.geometry import CENTRAL_FACE, DEFAULT_MIN_FACE_SIZE
+    from maskcls.crop.runner import crop_split, source_listing, summary_line
 
-    detector = crop_faces.FaceDetector(crop_faces.DEFAULT_MIN_FACE_SIZE, "cpu")
+    detector = FaceDetector(DEFAULT_MIN_FACE_SIZE, "cpu")
     summary = {}
     for split in ("train", "eval"):
         split_dir = data_dir / split
         overrides = None
         if method == "center":
             overrides = {}
-            fx1, fy1, fx2, fy2 = crop_faces.CENTRAL_FACE
-            for rel in crop_faces.source_listing(split_dir):
+            fx1, fy1, fx2, fy2 = CENTRAL_FACE
+            for rel in source_listing(split_dir):
                 with Image.open(split_dir / "images" / rel) as img:
                     w, h = img.size
                     if img.getexif().get(0x0112, 1) in utils.ROTATING_ORIENTATIONS:  # stored sideways; boxes upright
                         w, h = h, w
                 overrides[rel] = (fx1 * w, fy1 * h, fx2 * w, fy2 * h)
-        result = crop_faces.crop_split(split_dir, detector, overrides=overrides, workers=2, progress=progress)
+        result = crop_split(split_dir, detector, overrides=overrides, workers=2, progress=progress)
         if result.errors:
             raise utils.UserError(f"crop_faces failed on {len(result.errors)} bench photos, e.g. {result.errors[0]}")
-        summary[split] = crop_faces.summary_line(split, result)
+        summary[split] = summary_line(split, result)
     return summary
 
 
@@ -308,9 +311,9 @@ def data_summary(data_dir: Path) -> dict[str, Any]:
 
 
 def mean_std() -> tuple[tuple[float, ...], tuple[float, ...]]:
-    from maskcls import data as dataset
+    from maskcls.images import IMAGENET_MEAN, IMAGENET_STD
 
-    return tuple(dataset.IMAGENET_MEAN), tuple(dataset.IMAGENET_STD)
+    return tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
 
 
 def parse_size(values: Sequence[int] | None, default: tuple[int, int]) -> tuple[int, int]:
@@ -343,7 +346,7 @@ def run_images_per_s(run_dir: Path) -> tuple[float, str]:
     rates = [float(r["images_per_s"]) for r in rows if int(r["epoch"]) >= 2]
     if rates:
         return sum(rates) / len(rates), f"log.csv epochs 2-{len(rows)}"
-    summary = utils.read_json(run_dir / "summary.json")
+    summary = read_summary(run_dir, strict=True)
     return float(summary["train_images_per_s"]), "summary.json train_images_per_s (1 epoch)"
 
 

@@ -54,8 +54,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402  (bench/, the script's own folder, is on sys.path)
 import naive_crop  # noqa: E402
 
-import crop_faces  # noqa: E402
 from maskcls import utils  # noqa: E402
+from maskcls.crop.detector import FaceDetector, torch_threads  # noqa: E402
+from maskcls.crop.geometry import DEFAULT_MIN_FACE_SIZE, box_iou, select_face, snap_min_face_size  # noqa: E402
+from maskcls.crop.manifest import MANIFEST_NAME, PARTIAL_NAME, read_manifest  # noqa: E402
+from maskcls.crop.runner import crop_split, source_listing  # noqa: E402
 from maskcls.utils import run_main  # noqa: E402
 
 NAME = "crop_speed"
@@ -134,7 +137,7 @@ def naive_loop(files: list[Path], out_dir: Path, threads: int | None = None) -> 
     """
     from facenet_pytorch import MTCNN
 
-    with crop_faces.torch_threads(threads):
+    with torch_threads(threads):
         mtcnn = MTCNN()
         start = time.perf_counter()
         boxes = naive_crop.crop_all(mtcnn, files, out_dir)
@@ -143,7 +146,7 @@ def naive_loop(files: list[Path], out_dir: Path, threads: int | None = None) -> 
 
 def project_pipeline(split_dir: Path, detector, batch_size: int, workers: int, streams: int) -> tuple[dict, float]:
     start = time.perf_counter()
-    result = crop_faces.crop_split(
+    result = crop_split(
         split_dir, detector, batch_size=batch_size, workers=workers, detect_streams=streams, force=True, progress=False
     )
     return result.rows, time.perf_counter() - start
@@ -176,7 +179,7 @@ def cached_photos(split_dir: Path, n: int, seed: int) -> list[Path]:
 def agreement(base_boxes: list, rows: dict, names: list[str]) -> dict:
     """Mean/min IoU of the project's boxes against the baseline's over the photos both found a face in."""
     pairs = [(b, rows[name]) for name, b in zip(names, base_boxes)]
-    both = [crop_faces.box_iou(b, row.box) for b, row in pairs if b is not None and row.method == "mtcnn"]
+    both = [box_iou(b, row.box) for b, row in pairs if b is not None and row.method == "mtcnn"]
     return {
         "mean_iou": float(np.mean(both)) if both else float("nan"),
         "min_iou": min(both, default=float("nan")),
@@ -258,7 +261,7 @@ def whole_process(args) -> dict:
     naive_out, result_json = root / "naive", root / "naive_result.json"
     project = [sys.executable, str(common.REPO / "crop_faces.py"), "--data-dir", str(root), "--splits", "eval"]
     naive = [sys.executable, str(Path(naive_crop.__file__)), str(split_dir / "images"), str(naive_out)]
-    outputs = [split_dir / "crops", split_dir / crop_faces.MANIFEST_NAME, split_dir / crop_faces.PARTIAL_NAME]
+    outputs = [split_dir / "crops", split_dir / MANIFEST_NAME, split_dir / PARTIAL_NAME]
 
     def run_project() -> dict:
         seconds, out = timed_process(project, common.clean_env(), outputs)
@@ -284,9 +287,9 @@ def whole_process(args) -> dict:
         f"median {statistics.median(ratios):.2f}, range {min(ratios):.2f}-{max(ratios):.2f}",
     )
     base_boxes = json.loads(result_json.read_text())["boxes"]
-    rows = crop_faces.read_manifest(split_dir / crop_faces.MANIFEST_NAME)
+    rows = read_manifest(split_dir / MANIFEST_NAME)
     agree = agreement([base_boxes[f.name] for f in files], rows, [f.name for f in files])
-    print_agreement("whole process", agree, n, crop_faces.snap_min_face_size(crop_faces.DEFAULT_MIN_FACE_SIZE))
+    print_agreement("whole process", agree, n, snap_min_face_size(DEFAULT_MIN_FACE_SIZE))
     startup = {who: statistics.median(r["seconds"] - r["loop_seconds"] for r in rs) for who, rs in runs.items()}
     rate = {who: statistics.median(n / r["loop_seconds"] for r in rs) for who, rs in runs.items()}
     projected = {who: startup[who] + REAL_PHOTOS / rate[who] for who in runs}
@@ -312,7 +315,7 @@ def _rate(fn, n: int, repeats: int) -> float:
 
 def iou_note(ref: list, boxes: list) -> str:
     """How well ``boxes`` agree with the baseline's ``ref`` boxes (a missed face counts as IoU 0)."""
-    ious = [crop_faces.box_iou(a, b) if b is not None else 0.0 for a, b in zip(ref, boxes)]
+    ious = [box_iou(a, b) if b is not None else 0.0 for a, b in zip(ref, boxes)]
     return f"IoU {np.mean(ious):.3f} (min {np.min(ious):.3f})"
 
 
@@ -329,7 +332,7 @@ def first_boxes(found: list, chunk: list[np.ndarray], downscale: int = 1) -> lis
     """The face crop_faces would pick among each photo's detections, scaled back to the photo's pixels."""
     out = []
     for f, a in zip(found, chunk):
-        j = None if f is None else crop_faces.select_face(f[0], f[1], a.shape[1], a.shape[0])
+        j = None if f is None else select_face(f[0], f[1], a.shape[1], a.shape[0])
         out.append(None if f is None else tuple(f[0][j] * downscale))
     return out
 
@@ -356,7 +359,7 @@ def batched(detector, arrays: list[np.ndarray], batch: int, contiguous=True, dow
     starts = range(0, len(arrays), batch)
     if streams == 1:
         return [box for i in starts for box in one(i)]
-    with crop_faces.torch_threads(max(1, torch.get_num_threads() // streams)), ThreadPoolExecutor(streams) as pool:
+    with torch_threads(max(1, torch.get_num_threads() // streams)), ThreadPoolExecutor(streams) as pool:
         return [box for boxes in pool.map(one, starts) for box in boxes]
 
 
@@ -364,7 +367,7 @@ def one_thread(fn):
     """``fn`` run with one torch thread."""
 
     def run():
-        with crop_faces.torch_threads(1):
+        with torch_threads(1):
             return fn()
 
     return run
@@ -377,11 +380,11 @@ def detection_variants(default, pil: list[Image.Image], arrays: list[np.ndarray]
     from facenet_pytorch import MTCNN
 
     off_grid, on_grid = MTCNN(min_face_size=80), MTCNN(min_face_size=snapped)
-    plain = crop_faces.FaceDetector(snapped)
+    plain = FaceDetector(snapped)
     for net in (plain.mtcnn.rnet, plain.mtcnn.onet):
         net.to(memory_format=torch.contiguous_format)
-    half = crop_faces.FaceDetector(snapped / 2)
-    bigger = crop_faces.FaceDetector(crop_faces.snap_min_face_size(112))
+    half = FaceDetector(snapped / 2)
+    bigger = FaceDetector(snap_min_face_size(112))
     return [
         ("baseline: MTCNN() per PIL image", lambda: per_image(default, pil)),
         ("baseline with torch.set_num_threads(1)", one_thread(lambda: per_image(default, pil))),
@@ -465,8 +468,8 @@ def levers(split_dir: Path, files: list[Path], repeats: int, batch_size: int) ->
     n = len(files)
     default = MTCNN()
     ref = [tuple(default.detect(im)[0][0]) for im in pil]
-    snapped = crop_faces.snap_min_face_size(80)
-    det = crop_faces.FaceDetector(snapped)
+    snapped = snap_min_face_size(80)
+    det = FaceDetector(snapped)
     variants = detection_variants(default, pil, arrays, det, snapped)
     print(f"levers (detection only, {n} decoded 384x512 photos, torch threads {torch.get_num_threads()}):")
     base_rate = time_detection(variants, ref, n, repeats)
@@ -509,7 +512,7 @@ def main(args: argparse.Namespace) -> int:
     if min(args.photos, args.repeats, args.whole_repeats) < 1 or args.whole < 0:
         raise utils.UserError("--photos, --repeats and --whole-repeats must be >= 1, --whole >= 0")
     info = common.announce_machine()
-    detector = crop_faces.FaceDetector(crop_faces.DEFAULT_MIN_FACE_SIZE, "cpu")
+    detector = FaceDetector(DEFAULT_MIN_FACE_SIZE, "cpu")
     grace_dir = args.out / NAME / "grace" / "eval"
     grace_files = write_photos(grace_dir, random_face_photos(args.photos, args.seed))
     figures = [compare("grace_hopper", grace_dir, grace_files, args, detector)]
@@ -517,15 +520,15 @@ def main(args: argparse.Namespace) -> int:
         figures.append(whole_process(args))
     if args.synthetic:
         try:
-            from synthetic_data import generate
+            from maskcls.synthetic.writer import generate
         except ImportError:
-            print("synthetic_data.generate not available; skipping --synthetic")
+            print("maskcls.synthetic.writer.generate not available; skipping --synthetic")
         else:
             root = args.out / NAME / "synthetic"
             shutil.rmtree(root, ignore_errors=True)
             generate(root, train_persons=args.synthetic, eval_persons=1, seed=args.seed)
             split_dir = root / "train"
-            files = [split_dir / "images" / rel for rel in crop_faces.source_listing(split_dir)]
+            files = [split_dir / "images" / rel for rel in source_listing(split_dir)]
             compare("synthetic", split_dir, files, args, detector)
     if args.levers:
         levers(grace_dir, grace_files, args.repeats, args.batch_size)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import subprocess
 import sys
@@ -31,6 +30,9 @@ from pathlib import Path
 
 import numpy as np
 from common import OUT, REPO, announce_machine, write_results
+
+from maskcls.crop.manifest import MANIFEST_NAME
+from maskcls.runs import EVAL_META, is_finished, read_eval_meta
 
 PY = sys.executable
 # The demo's recipe (Makefile DEMO_TRAIN): what a user of the stand-in trains first.
@@ -64,7 +66,7 @@ def run(cmd: list[str], log: Path, threads: int) -> None:
 def make_data(root: Path, seed: int, train_persons: int, eval_persons: int, jobs: int) -> Path:
     """The seed's dataset with its face crops (reused when complete)."""
     data = root / "data"
-    if not (data / "eval" / "crops_manifest.csv").is_file():
+    if not (data / "eval" / MANIFEST_NAME).is_file():
         root.mkdir(parents=True, exist_ok=True)
         gen = [PY, "synthetic_data.py", "--out", str(data), "--seed", str(seed), "--workers", str(jobs), "--force"]
         run(gen + ["--train-persons", str(train_persons), "--eval-persons", str(eval_persons)], root / "gen.log", 1)
@@ -84,8 +86,7 @@ def training_jobs(
 
 
 def is_done(run_dir: Path) -> bool:
-    summary = run_dir / "summary.json"
-    return (run_dir / "eval_meta.json").is_file() and json.loads(summary.read_text()).get("status") == "finished"
+    return (run_dir / EVAL_META).is_file() and is_finished(run_dir)
 
 
 def train_and_predict(name: str, cmd: list, runs: Path, data: Path, threads: int) -> None:
@@ -119,14 +120,14 @@ def last_valid(run_dir: Path) -> dict:
 
 
 def eval_metrics(run_dir: Path) -> dict:
-    return json.loads((run_dir / "eval_meta.json").read_text())["metrics"]
+    return read_eval_meta(run_dir)["metrics"]
 
 
 def ensemble_eval(runs: Path, members: list[str], data: Path) -> dict:
-    import ensemble
+    from maskcls import voting
 
     out = runs / "ensemble_base.csv"
-    report = ensemble.ensemble_eval([runs / m for m in members], "soft", None, out, data / "eval" / "answers.csv")
+    report = voting.ensemble_eval([runs / m for m in members], "soft", None, out, data / "eval" / "answers.csv")
     return report["metrics"]
 
 
@@ -134,13 +135,14 @@ def fixes_match_truth(data: Path) -> dict:
     """Do the persons label_fixes.csv corrects end up with their label_truth.csv labels?"""
     import csv
 
-    from maskcls import data as dataset
+    from maskcls.fixes import DEFAULT_FIXES, read_label_fixes
+    from maskcls.tables import load_train
 
     with open(data / "train" / "label_truth.csv", newline="") as f:
         truth = {r["id"]: r for r in csv.DictReader(f)}
-    fixes = dataset.read_label_fixes(dataset.DEFAULT_FIXES)
+    fixes = read_label_fixes(DEFAULT_FIXES)
     fixed_ids = {f.id for f in fixes} & set(truth)
-    persons, records = dataset.load_train(data, image_dir="images", log=None)
+    persons, records = load_train(data, image_dir="images", log=None)
     swapped = {r.person_id for r in records if r.rel.rsplit("/", 1)[-1].startswith("normal") and r.mask == 1}
     wrong = [
         p.id
@@ -259,6 +261,10 @@ def main(args: argparse.Namespace) -> dict:
         root = args.out / f"seed{seed}"
         print(f"seed {seed}: data in {root}", flush=True)
         data = make_data(root, seed, args.train_persons, args.eval_persons, args.jobs)
+        # train/folds.csv before the side-by-side jobs: else whichever train.py starts first writes it, and the
+        # no_fixes variant would stratify it on the uncorrected labels.
+        folds = [PY, "dataset.py", "--data-dir", str(data), "--folds", recipe[recipe.index("--folds") + 1]]
+        run([*folds, "--split-seed", "42"], root / "folds.log", 1)
         runs = root / "runs"
         runs.mkdir(parents=True, exist_ok=True)
         jobs = training_jobs(data, runs, recipe, args.epochs, args.folds, args.variants)

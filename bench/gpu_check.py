@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import common  # noqa: E402
 
+from maskcls.runs import read_summary  # noqa: E402
 from maskcls.utils import UserError, run_main  # noqa: E402
 
 NAME = "gpu"
@@ -75,13 +76,14 @@ def crop_step(args, timeout: float) -> dict:
     """crop_faces.py --device DEVICE vs --device cpu, whole processes alternating on the same photos."""
     import crop_speed
 
-    import crop_faces
+    from maskcls.crop.geometry import box_iou
+    from maskcls.crop.manifest import MANIFEST_NAME, PARTIAL_NAME, read_manifest
 
     root = args.scratch / "crop"
     split_dir = root / "eval"
     n = 8 if args.quick else 700
     crop_speed.cached_photos(split_dir, n, seed=1)
-    outputs = [split_dir / "crops", split_dir / crop_faces.MANIFEST_NAME, split_dir / crop_faces.PARTIAL_NAME]
+    outputs = [split_dir / "crops", split_dir / MANIFEST_NAME, split_dir / PARTIAL_NAME]
     boxes = {}
     deadline = time.monotonic() + timeout
 
@@ -90,7 +92,7 @@ def crop_step(args, timeout: float) -> dict:
             cmd = [sys.executable, str(common.REPO / "crop_faces.py"), "--data-dir", str(root), "--splits", "eval"]
             left = max(1.0, deadline - time.monotonic())
             seconds, _ = crop_speed.timed_process([*cmd, "--device", device], common.clean_env(), outputs, left)
-            boxes[who] = crop_faces.read_manifest(split_dir / crop_faces.MANIFEST_NAME)
+            boxes[who] = read_manifest(split_dir / MANIFEST_NAME)
             return seconds
 
         return go
@@ -98,7 +100,7 @@ def crop_step(args, timeout: float) -> dict:
     seconds = common.alternate({"gpu": run("gpu", args.device), "cpu": run("cpu", "cpu")}, 1 if args.quick else 2)
     med = {k: statistics.median(v) for k, v in seconds.items()}
     both = [
-        crop_faces.box_iou(row.box, boxes["cpu"][rel].box)
+        box_iou(row.box, boxes["cpu"][rel].box)
         for rel, row in boxes["gpu"].items()
         if row.method == "mtcnn" and boxes["cpu"].get(rel) and boxes["cpu"][rel].method == "mtcnn"
     ]
@@ -126,7 +128,7 @@ def torchrun_step(args, data_dir: Path, timeout: float) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "train.py"]
     seconds, _ = run_step([*cmd, *train], timeout)
     run_dir = max(runs.glob("torchrun*"), key=lambda p: p.stat().st_mtime)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_summary(run_dir, strict=True)
     keep = ("status", "world_size", "train_images_per_s", "best_epoch", "best_metrics", "device")
     return {"seconds": round(seconds, 1), "summary": {k: summary[k] for k in keep if k in summary}}
 

@@ -3,8 +3,8 @@
 Inference: images/s of inference.py's prediction path against the boostcamp baseline's inference
 loop, same model weights, batch size and workers, over the bench eval set (--passes times over).
 
-- project: inference.build_model (eval, BatchNorm folded into the convolutions, channels_last) on an
-  in-memory checkpoint in train.py's format, then inference.predict with inference.py's defaults
+- project: maskcls.predict.build_model (eval, BatchNorm folded into the convolutions, channels_last) on an
+  in-memory checkpoint in train.py's format, then predict.predict with inference.py's defaults
   (--amp auto: bf16 autocast where the device computes bf16 natively, as this bench's CPU does; the
   fp32 figure is a lever line): dataset.EvalDataset (load_image with JPEG draft decoding, v2
   eval_transform) over the eval face crops the model was trained on, torch.inference_mode.
@@ -35,8 +35,10 @@ from loader_speed import baseline_transform  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from maskcls import data as dataset  # noqa: E402
 from maskcls import models  # noqa: E402
+from maskcls.images import eval_transform, load_image  # noqa: E402
+from maskcls.labels import NUM_CLASSES, class_names  # noqa: E402
+from maskcls.tables import read_eval_table  # noqa: E402
 from maskcls.utils import UserError, resolve_device, run_main  # noqa: E402
 
 NAME = "infer_speed"
@@ -80,7 +82,7 @@ def checkpoint(model_name: str, size, mean, std, seed: int) -> dict:
     net = models.create_model(model_name, head="single", pretrained=False)
     meta = {
         "model": models.resolve_model_name(model_name), "head": "single", "image_size": list(size),
-        "mean": list(mean), "std": list(std), "classes": dataset.class_names(), "num_classes": dataset.NUM_CLASSES,
+        "mean": list(mean), "std": list(std), "classes": class_names(), "num_classes": NUM_CLASSES,
         "image_dir": "crops", "old_threshold": 60, "epoch": 0, "metrics": {}, "args": {},
     }  # fmt: skip
     return {"format": "maskcls-checkpoint", "version": 1, "model_state": net.state_dict(), "meta": meta}
@@ -96,7 +98,7 @@ def timed(fn, n: int, device: torch.device) -> float:
 
 def profile(project_net, unfused_net, baseline_net, crops, photos, size, mean, std, device, batch_size: int) -> str:
     """Where an inference pass spends its time: per-sample data stages (1 thread) and per-batch model time."""
-    from crop_faces import torch_threads
+    from maskcls.crop.detector import torch_threads
 
     with torch_threads(1):  # data stages run in DataLoader workers, one thread each
         lines = data_stage_lines(crops, photos, size, mean, std)
@@ -107,13 +109,13 @@ def profile(project_net, unfused_net, baseline_net, crops, photos, size, mean, s
 def data_stage_lines(crops: list[Path], photos: list[Path], size, mean, std) -> list[str]:
     """Per-sample ms of each data stage: the baseline's, and the project's on crops and on full photos."""
     n = min(50, len(crops), len(photos))
-    v1, v2 = baseline_transform(size, mean, std), dataset.eval_transform(size, mean, std)
+    v1, v2 = baseline_transform(size, mean, std), eval_transform(size, mean, std)
     stage_sets = (
         ("baseline data (full photo, PIL + v1)", [("PIL open+decode+convert", lambda p: Image.open(p).convert("RGB"))]
          + [(f"v1 {type(t).__name__}", t) for t in v1.transforms], photos),
-        ("project data (crop, load_image + v2 eval_transform)", [("load_image", lambda p: dataset.load_image(p, size))]
+        ("project data (crop, load_image + v2 eval_transform)", [("load_image", lambda p: load_image(p, size))]
          + [(f"v2 {type(t).__name__}", t) for t in v2.transforms], crops),
-        ("project data on full photos (draft decode + v2)", [("load_image", lambda p: dataset.load_image(p, size))]
+        ("project data on full photos (draft decode + v2)", [("load_image", lambda p: load_image(p, size))]
          + [(f"v2 {type(t).__name__}", t) for t in v2.transforms], photos),
     )  # fmt: skip
     lines = [f"per-sample data stages, ms (mean of {n}, 1 thread; output {size[0]}x{size[1]})"]
@@ -177,13 +179,13 @@ def contenders_of(
     workers: int, amp: bool, levers: bool,
 ) -> dict:  # fmt: skip
     """name -> a timed pass (images/s) of each way: the project and the baseline, then (``levers``) the levers."""
-    import inference
+    from maskcls import predict
 
     n, bs, w = len(crops), batch_size, workers
 
     def project(paths=crops, tta="none", amp=amp, net=nets["project"], decode="auto"):
         return lambda: timed(
-            lambda: inference.predict(net, "single", paths, size, mean, std, device, tta, bs, w, amp, decode), n, device
+            lambda: predict.predict(net, "single", paths, size, mean, std, device, tta, bs, w, amp, decode), n, device
         )
 
     def baseline(paths=photos):
@@ -207,7 +209,7 @@ def contenders_of(
 
 
 def main(args: argparse.Namespace) -> int:
-    import inference
+    from maskcls import predict
 
     common.check_common_args(args)
     if args.passes < 1:
@@ -219,16 +221,16 @@ def main(args: argparse.Namespace) -> int:
     info = common.announce_machine(device)
     mean, std = common.mean_std()
     data_dir = common.bench_data(args.out, args.train_persons, args.eval_persons, args.seed, args.crops)
-    crops = [Path(p) for _, p in dataset.read_eval_table(data_dir, "crops")] * args.passes
-    photos = [Path(p) for _, p in dataset.read_eval_table(data_dir, "images")] * args.passes
+    crops = [Path(p) for _, p in read_eval_table(data_dir, "crops")] * args.passes
+    photos = [Path(p) for _, p in read_eval_table(data_dir, "images")] * args.passes
     n = len(crops)
     ckpt = checkpoint(args.model, size, mean, std, args.seed)
     nets = {
-        "project": inference.build_model(ckpt, Path("<bench checkpoint>"), device),
+        "project": predict.build_model(ckpt, Path("<bench checkpoint>"), device),
         "unfused": load_net(args.model, ckpt["model_state"], device, channels_last=True),
         "baseline": load_net(args.model, ckpt["model_state"], device, channels_last=False),
     }
-    amp = inference.resolve_amp("auto", device)
+    amp = predict.resolve_amp("auto", device)
     bs, w = args.batch_size, args.workers
     print(
         f"data: {data_dir} eval set x{args.passes} = {n} images, model {args.model} {size[0]}x{size[1]}, "

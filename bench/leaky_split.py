@@ -20,23 +20,24 @@ sys.path.insert(0, str(REPO))
 
 def image_split(records: list, valid_share: float, seed: int):
     """dataset.Split with ``valid_share`` of the images, drawn at random whatever their person, in validation."""
-    from maskcls import data as dataset
+    from maskcls.folds import Split
 
     rng = np.random.default_rng(seed)
     valid = set(rng.choice(len(records), size=max(1, round(valid_share * len(records))), replace=False).tolist())
     train = [r for i, r in enumerate(records) if i not in valid]
-    return dataset.Split(train, [r for i, r in enumerate(records) if i in valid])
+    return Split(train, [r for i, r in enumerate(records) if i in valid])
 
 
 def main(valid_share: float, train_argv: list[str]) -> dict:
     import train
-    from maskcls import data as dataset
     from maskcls.distributed import setup_distributed
+    from maskcls.fixes import label_fixes_path
+    from maskcls.tables import load_train, resolve_image_dir
 
     args = train.get_args_parser().parse_args(train_argv)
-    fixes = dataset.label_fixes_path(args.label_fixes)
-    persons, records = dataset.load_train(args.data_dir, args.image_dir, fixes)
-    image_dir = dataset.resolve_image_dir(args.data_dir, "train", args.image_dir)
+    fixes = label_fixes_path(args.label_fixes)
+    persons, records = load_train(args.data_dir, args.image_dir, fixes)
+    image_dir = resolve_image_dir(args.data_dir, "train", args.image_dir)
     split = image_split(records, valid_share, args.split_seed)
     shared = len({r.person_id for r in split.valid} & {r.person_id for r in split.train})
     print(

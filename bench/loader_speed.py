@@ -4,7 +4,7 @@ Input pipeline: images/s the training loader delivers, project vs the boostcamp 
 size (--resize H W, train.py's default 128x96) and batch size.
 
 - project: what ``train.py --cache`` runs: train.build_loaders (SeededSampler/SeededBatches over
-  dataset.TrainDataset) on the face crops with dataset.ImageCache (uint8, filled once) and no worker
+  TrainDataset) on the face crops with ImageCache (uint8, filled once) and no worker
   processes (train.py starts none with --cache: a batch is one index_select from shared memory), then
   train.AugmentedLoader runs dataset.Augment (flip, colour jitter, affine, normalise) on each whole batch,
   as in training, so its cost is inside the figure.
@@ -45,7 +45,11 @@ from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
 
-from maskcls import data as dataset  # noqa: E402
+from maskcls.datasets import TrainDataset  # noqa: E402
+from maskcls.folds import Split  # noqa: E402
+from maskcls.images import ImageCache  # noqa: E402
+from maskcls.labels import DEFAULT_OLD_THRESHOLD  # noqa: E402
+from maskcls.tables import build_image_table  # noqa: E402
 from maskcls.utils import UserError, run_main  # noqa: E402
 
 NAME = "loader_speed"
@@ -96,10 +100,10 @@ def project_loader(
     from maskcls.augment import Augment
     from maskcls.distributed import DistInfo
 
-    image_cache = dataset.ImageCache([r.path for r in records], size, progress=False, log=None) if cache else None
-    split = dataset.Split(train=list(records), valid=list(records[:1]))
+    image_cache = ImageCache([r.path for r in records], size, progress=False, log=None) if cache else None
+    split = Split(train=list(records), valid=list(records[:1]))
     loader, _, _ = sampler.build_loaders(
-        split, size, mean, std, dataset.DEFAULT_OLD_THRESHOLD, batch_size, batch_size, workers, "none", seed,
+        split, size, mean, std, DEFAULT_OLD_THRESHOLD, batch_size, batch_size, workers, "none", seed,
         image_cache, DistInfo(), pin_memory=pin, augment=Augment(mean, std, **(augment or {})),
     )  # fmt: skip
     return loader
@@ -176,8 +180,8 @@ def per_image_loader(records, size, mean, std, batch_size: int, workers: int, pi
     """Same sampler, cache and workers as the project loader, but per-image v2 transforms + default collate."""
     from maskcls.sampler import SeededSampler
 
-    cache = dataset.ImageCache([r.path for r in records], size, progress=False, log=None)
-    ds = PerImageSeeded(dataset.TrainDataset(records, size, per_image_v2(size, mean, std), cache=cache))
+    cache = ImageCache([r.path for r in records], size, progress=False, log=None)
+    ds = PerImageSeeded(TrainDataset(records, size, per_image_v2(size, mean, std), cache=cache))
     sampler = SeededSampler(torch.utils.data.RandomSampler(ds, generator=torch.Generator()), seed)
     return DataLoader(
         ds, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin, drop_last=True,
@@ -187,18 +191,18 @@ def per_image_loader(records, size, mean, std, batch_size: int, workers: int, pi
 
 def profile(project_records, photo_records, size, mean, std, n: int, batch_size: int) -> str:
     """Per-image ms of each stage of both pipelines (one process, no workers) and their top ops."""
-    from crop_faces import torch_threads
     from maskcls.augment import Augment
+    from maskcls.crop.detector import torch_threads
 
     with torch_threads(1):  # as inside a DataLoader worker
-        cache = dataset.ImageCache([r.path for r in project_records], size, progress=False, log=None)
+        cache = ImageCache([r.path for r in project_records], size, progress=False, log=None)
         photos = [r.path for r in photo_records]
         crops = [r.path for r in project_records]
         n = min(n, len(photos), len(crops))
         v1 = baseline_transform(size, mean, std)
         lines = per_image_stage_lines(cache, v1, photos, crops, size, mean, std, n)
         # The project's path works on whole batches: time its stages per batch, reported per image.
-        train_ds = dataset.TrainDataset(project_records, size, None, cache=cache)
+        train_ds = TrainDataset(project_records, size, None, cache=cache)
         augment = Augment(mean, std)
         batches = [list(range(i, i + batch_size)) for i in range(0, n - batch_size + 1, batch_size)] or [list(range(n))]
         lines += batch_stage_lines(train_ds, augment, batches)
@@ -306,12 +310,12 @@ def contenders_of(args, crops, photos, size, mean, std, pin) -> dict:
         "baseline": timed(lambda: baseline_loader(photos, size, mean, std, bs, w, pin)),
     }
     if args.levers:
-        no_affine = {"degrees": 0, "translate": 0, "scale": 0}
+        no_affine = {"names": ("hflip", "jitter")}
         out.update(
             {
                 f"project, cached, {w} workers (the headline before this round)": loader(workers=w),
                 "project, augmentation off (resize + normalise: the baseline's work)": loader(
-                    augment={"hflip": 0, "jitter": 0, **no_affine}
+                    augment={"names": ()}
                 ),
                 "project without the affine (flip + jitter only)": loader(augment=no_affine),
                 f"project with per-image torchvision v2 augmentation in {w} workers (the previous way)": timed(
@@ -397,8 +401,8 @@ def main(args: argparse.Namespace) -> int:
     size = common.parse_size(args.resize, (128, 96))
     mean, std = common.mean_std()
     data_dir = common.bench_data(args.out, args.train_persons, args.eval_persons, args.seed, args.crops)
-    crops = dataset.build_image_table(data_dir, "crops", log=None)
-    photos = dataset.build_image_table(data_dir, "images", log=None)
+    crops = build_image_table(data_dir, "crops", log=None)
+    photos = build_image_table(data_dir, "images", log=None)
     print(
         f"data: {data_dir} ({len(photos)} train photos 384x512 and their crops), output {size[0]}x{size[1]}, "
         f"batch {args.batch_size}, baseline workers {args.workers}, >= {args.steady_seconds:g} s of steady-state "

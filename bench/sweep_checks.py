@@ -3,10 +3,11 @@
 The sweep's measurable claims, no training involved:
 
 1. claims: three processes pop the same 300 WAITING Optuna trials from one SQLite file, once with optuna's
-   own RDBStorage and once with sweep.open_storage (BEGIN IMMEDIATE); trials handed out twice are counted.
+   own RDBStorage and once with maskcls.sweep.queue.open_storage (BEGIN IMMEDIATE); trials handed out twice
+   are counted.
 2. workers: two ``sweep.py`` processes (tests/fake_train.py as train.py) on one SQLite storage: runs per
    worker, runs started twice, runs never started.
-3. bootstrap: verdict.paired_bootstrap on two 540-person folds x 2 seeds (the real data's fold size),
+3. bootstrap: bootstrap.paired_bootstrap on two 540-person folds x 2 seeds (the real data's fold size),
    against the plain way (sklearn f1_score per replicate on resampled rows); replicates per second.
 """
 
@@ -23,35 +24,36 @@ from pathlib import Path
 
 import common
 
-import sweep  # noqa: E402  (the repo root is on sys.path through common)
-import verdict  # noqa: E402
+from maskcls import bootstrap  # noqa: E402  (the repo root is on sys.path through common)
+from maskcls.sweep import queue  # noqa: E402
 from maskcls.utils import UserError, run_main  # noqa: E402
 
 NAME = "sweep_checks"
 CLAIMER = """
 import json, sys, time, optuna
 sys.path.insert(0, sys.argv[4])
-import sweep
+from maskcls.sweep import queue
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 url, out, mode = sys.argv[1], sys.argv[2], sys.argv[3]
-storage = sweep.open_storage(url, 10, 60) if mode == "sweep" else optuna.storages.RDBStorage(url)
+storage = queue.open_storage(url, 10, 60) if mode == "sweep" else optuna.storages.RDBStorage(url)
 study_id = storage.get_study_id_from_name("claims")
 open(out + ".ready", "w").close()
 while not __import__("os").path.exists(out + ".go"):
     time.sleep(0.001)
 got = []
-while (trial_id := sweep.claim(storage, study_id)) is not None:
+while (trial_id := queue.claim(storage, study_id)) is not None:
     got.append(trial_id)
 open(out, "w").write(json.dumps(got))
 """
 
 
-def claims(tmp: Path, mode: str, trials: int, procs: int = 3) -> dict:
-    """Trials claimed by more than one of ``procs`` processes racing over ``trials`` WAITING trials."""
+def claims(tmp: Path, mode: str, trials: int, procs: int = 3, url: str | None = None) -> dict:
+    """Trials claimed by more than one of ``procs`` processes racing over ``trials`` WAITING trials, in an SQLite
+    file in ``tmp`` or in the empty database ``url`` (tests/test_sweep_postgres.py: PostgreSQL)."""
     import optuna
 
-    url = f"sqlite:///{tmp / f'claims_{mode}.db'}"
-    study = optuna.create_study(study_name="claims", storage=sweep.open_storage(url, 10, 60))
+    url = url or f"sqlite:///{tmp / f'claims_{mode}.db'}"
+    study = optuna.create_study(study_name="claims", storage=queue.open_storage(url, 10, 60))
     for k in range(trials):
         study.enqueue_trial({"k": k})
     outs = [str(tmp / f"{mode}_{k}.json") for k in range(procs)]
@@ -114,12 +116,12 @@ def bootstrap_speed(replicates: int, persons: int = 540) -> tuple[float, float, 
             return p
 
         folds.append(
-            verdict.PairedFold(
+            bootstrap.PairedFold(
                 labels, np.repeat(np.arange(persons), 7), np.stack([preds(0.8)] * 2), np.stack([preds(0.81)] * 2)
             )
         )
     start = time.perf_counter()
-    ours = verdict.paired_bootstrap(folds, replicates=replicates, seed=0, resample_seeds=False)
+    ours = bootstrap.paired_bootstrap(folds, replicates=replicates, seed=0, resample_seeds=False)
     project = replicates / (time.perf_counter() - start)
     loop_reps = max(20, replicates // 10)  # the plain way is slow: time a tenth and scale
     start = time.perf_counter()

@@ -30,6 +30,8 @@ from pathlib import Path
 from common import OUT, REPO, args_json, write_results
 from fidelity import PY, add_training_args, eval_metrics, is_done, run, run_job, training_setup
 
+from maskcls.crop.manifest import MANIFEST_NAME
+
 SECOND_BACKBONE = "timm:resnet14t"
 
 
@@ -85,9 +87,9 @@ def merged_fixes(runs: Path, audit_name: str, out: Path, data: Path | None = Non
 
     import audit_quality
 
-    from maskcls import data as dataset
+    from maskcls.fixes import DEFAULT_FIXES
 
-    with open(dataset.DEFAULT_FIXES, newline="") as f:
+    with open(DEFAULT_FIXES, newline="") as f:
         rows = list(csv.reader(f))
     have = {(r[0], r[1]) for r in rows[1:]}
     with open(runs / f"audit_{audit_name}" / "label_fixes_suggested.csv", newline="") as f:
@@ -106,10 +108,10 @@ def truly_wrong(data: Path) -> set[tuple[str, str]]:
     """(id, field) of every label written wrong in train.csv, from label_truth.csv (audit_quality's reading)."""
     import audit_quality
 
-    from maskcls import data as dataset
+    from maskcls.tables import read_persons
 
     truth = audit_quality.read_truth(data / "train" / "label_truth.csv")
-    errors = audit_quality.true_errors(truth, dataset.read_persons(data, "images"), set())
+    errors = audit_quality.true_errors(truth, read_persons(data, "images"), set())
     return {(pid, field) for field in ("gender", "age", "mask_swap") for pid in errors[field]}
 
 
@@ -163,7 +165,7 @@ def model_groups(runs: Path, groups: dict[str, str], folds: tuple) -> list[Path]
 
 def ensembles(runs: Path, data: Path, folds: int) -> dict:
     """Two backbones x folds 0-1: soft equal, soft --weights auto, hard; and the 5 base folds (soft)."""
-    import ensemble
+    from maskcls.voting import ensemble_eval
 
     answers = data / "eval" / "answers.csv"
     mixed = model_groups(runs, {"resnet10t": "base_f", "resnet14t": "bb2_f"}, (0, 1))
@@ -177,7 +179,7 @@ def ensembles(runs: Path, data: Path, folds: int) -> dict:
         out[key] = {"members": names, "metrics": report["metrics"], "auto_weights": report.get("auto_weights")}
     base = [runs / f"base_f{k}" for k in range(folds)]
     out["base_5folds"] = {
-        "metrics": ensemble.ensemble_eval(base, "soft", None, runs / "ens_base5.csv", answers)["metrics"]
+        "metrics": ensemble_eval(base, "soft", None, runs / "ens_base5.csv", answers)["metrics"]
     }
     return out
 
@@ -189,7 +191,7 @@ def seed_report(runs: Path, names: list[str]) -> dict:
 def one_seed(root: Path, args: argparse.Namespace, recipe: tuple, threads: int) -> dict:
     data, runs = root / "data", root / "runs"
     folds = int(recipe[recipe.index("--folds") + 1])
-    if not (data / "eval" / "crops_manifest.csv").is_file() or not is_done(runs / "base_f0"):
+    if not (data / "eval" / MANIFEST_NAME).is_file() or not is_done(runs / "base_f0"):
         raise SystemExit(f"error: {root} has no fidelity data or base runs; run bench/fidelity.py --seeds first")
     jobs = variant_jobs(data, runs, recipe, args.epochs, folds)
     if args.audit_only:

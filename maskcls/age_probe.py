@@ -43,19 +43,20 @@ def feature_net(net: torch.nn.Module, head: str, name: str) -> torch.nn.Module:
 
 def image_features(net: torch.nn.Module, paths: Sequence[Path], meta: dict, device, desc: str) -> np.ndarray:
     """(N, D) float32 pooled features of the images, the mean of the image and its mirror (the TTA inference uses),
-    through inference.py's batching (decoding threads on a CPU, workers on a GPU); an unreadable image stops it."""
+    through inference's batching (maskcls.predict: decoding threads on a CPU, workers on a GPU); an unreadable image
+    stops it."""
     import torch
 
-    import inference
+    from maskcls import predict
 
-    net = inference.for_device(net, device)
+    net = predict.for_device(net, device)
 
     def features(images: torch.Tensor) -> torch.Tensor:
         return (net(images).float() + net(torch.flip(images, dims=[3])).float()) / 2
 
-    amp = inference.resolve_amp("auto", device)
+    amp = predict.resolve_amp("auto", device)
     size, workers = tuple(meta["image_size"]), min(4, os.cpu_count() or 1)
-    out, failed, _ = inference.map_images(
+    out, failed, _ = predict.map_images(
         features, list(paths), size, meta["mean"], meta["std"], device, BATCH, workers, amp, desc=desc
     )
     if failed:
@@ -92,8 +93,7 @@ def probe_ages(
 
     ``image_paths``: (P, 7) image files per person; ``ages``: (P,) the years the runs trained on.
     """
-    import inference
-    from maskcls import utils
+    from maskcls import predict, utils
 
     dev = utils.resolve_device(device)
     ages = np.asarray(ages, dtype=np.float64)
@@ -101,9 +101,9 @@ def probe_ages(
     paths = [p for person in image_paths for p in person]
     per_image = np.full((n_persons, n_images), np.nan)
     for k, (run, valid) in enumerate(zip(runs, valid_sets)):
-        path, ckpt = inference.resolve_checkpoint(Path(run), checkpoint)
+        path, ckpt = predict.resolve_checkpoint(Path(run), checkpoint)
         meta = ckpt["meta"]
-        net = feature_net(inference.load_net(ckpt, path), meta["head"], meta["model"])
+        net = feature_net(predict.load_net(ckpt, path), meta["head"], meta["model"])
         feats = image_features(net, paths, meta, dev, f"age probe {k + 1}/{len(runs)}")
         feats = feats.reshape(n_persons, n_images, -1)
         inside = np.zeros(n_persons, dtype=bool)

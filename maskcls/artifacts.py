@@ -1,19 +1,23 @@
-"""The files of a run directory besides checkpoints and config.json: summary.json (kept current while the run
-goes), log.csv (one row per epoch), valid_preds.csv (out-of-fold probabilities) and the confusion matrix.
+"""The writers of a run directory's files besides checkpoints and config.json: summary.json (kept current while
+the run goes), log.csv (one row per epoch), valid_preds.csv (out-of-fold probabilities), the confusion matrix,
+cv_summary.json and inference.py's eval outputs. Their names, and the readers of each, are in maskcls.runs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
+from maskcls import runs
 from maskcls.metrics import classification_metrics
-from maskcls.utils import UserError, atomic_write_csv, atomic_write_json, read_csv_rows, read_json
+from maskcls.utils import atomic_save_npy, atomic_write_csv, atomic_write_json
 
 LOG_COLUMNS = (
     "epoch",
@@ -37,15 +41,6 @@ def now_iso() -> str:
 
 
 # --------------------------------------------------------------------------- summary.json
-def read_summary(run_dir: Path) -> dict:
-    path = run_dir / "summary.json"
-    try:
-        data = read_json(path) if path.is_file() else {}
-    except UserError:
-        data = {}
-    return data if isinstance(data, dict) else {}
-
-
 class RunSummary:
     """summary.json of one run: status, start/end time, duration, epochs, best metrics so far.
 
@@ -54,7 +49,7 @@ class RunSummary:
     """
 
     def __init__(self, run_dir: Path, fold, folds: int, writes: bool, resumed: bool):
-        self.path, self.writes = run_dir / "summary.json", writes
+        self.path, self.writes = run_dir / runs.SUMMARY, writes
         self.session_start, self.session_start_time = time.time(), now_iso()
         self.elapsed_before = 0.0
         self.data = {
@@ -69,7 +64,7 @@ class RunSummary:
             "fold": fold,
             "folds": folds if fold is not None else None,
         }
-        self.previous = read_summary(run_dir)  # the sessions before (a resume), else {}
+        self.previous = runs.read_summary(run_dir)  # the sessions before (a resume), else {}
         if resumed:
             self.data["start_time"] = self.previous.get("start_time") or self.session_start_time
 
@@ -81,13 +76,6 @@ class RunSummary:
         self.data["duration_s"] = round(self.elapsed_s(), 3)
         if self.writes:
             atomic_write_json(self.path, self.data)
-
-
-def fold_state(run_dir: Path) -> str:
-    """finished | resumable (has a checkpoint) | fresh -- how a resumed `--fold all` run treats a fold."""
-    if read_summary(run_dir).get("status") == "finished" and (run_dir / "valid_preds.csv").is_file():
-        return "finished"
-    return "resumable" if (run_dir / "last.pt").exists() or (run_dir / "best.pt").exists() else "fresh"
 
 
 class Startup:
@@ -119,6 +107,26 @@ class Startup:
             **{f"{k.replace(' ', '_')}_s": round(v, 3) for k, v in parts.items()},
         }
         return line, record
+
+
+# --------------------------------------------------------------------------- a new run's directory
+def take_back_name(run_dir: Path) -> str | None:
+    """Delete ``run_dir`` if it holds a run that ended before its first checkpoint (runs.ended_before_checkpoint:
+    nothing in it to resume or predict with), so that the retry takes its name, which the README's next steps
+    use; returns the error it had (None: the folder is left alone).
+
+    Renamed aside before the deletion, so that ``run_dir`` is never a half-deleted folder, and a second process
+    doing the same at the same time finds it gone instead of deleting it under the first."""
+    why = runs.ended_before_checkpoint(run_dir)
+    if why is None:
+        return None
+    doomed = run_dir.with_name(f".{run_dir.name}.deleting-{os.getpid()}")
+    try:
+        os.rename(run_dir, doomed)
+    except OSError:  # gone already (the other process), or not ours to move
+        return None
+    shutil.rmtree(doomed, ignore_errors=True)
+    return why
 
 
 # --------------------------------------------------------------------------- per-epoch files
@@ -160,30 +168,29 @@ def add_scalars(writer, row: dict, valid: dict | None) -> None:
     writer.flush()
 
 
-def write_valid_preds(path: Path, records: list, labels: np.ndarray, probs: np.ndarray) -> None:
+def write_valid_preds(path: Path, records: list, labels: np.ndarray, probs: np.ndarray, ages=None) -> None:
+    """valid_preds.csv: rel,person_id,label,pred,p0..p17 and, for the years head (``ages``), age_years: its
+    expected age in years (runs.load_oof_member reads it; audit_labels.py takes it as the age evidence)."""
     header = ["rel", "person_id", "label", "pred", *(f"p{i}" for i in range(probs.shape[1]))]
     preds = probs.argmax(1)
     rows = (
         [r.rel, r.person_id, int(y), int(p), *(f"{v:.6g}" for v in row)]
         for r, y, p, row in zip(records, labels, preds, probs)
     )
+    if ages is not None:
+        header.append(runs.AGE_YEARS)
+        rows = ([*row, f"{a:.4f}"] for row, a in zip(rows, ages))
     atomic_write_csv(path, header, rows)
-
-
-def read_oof(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, predicted classes) of a valid_preds.csv."""
-    rows = read_csv_rows(path, ["label", "pred"], "validation predictions")
-    return np.array([int(r["label"]) for r in rows]), np.array([int(r["pred"]) for r in rows])
 
 
 def write_cv_summary(parent: Path, folds: int, results: list[dict]) -> dict:
     """The CV metrics over every fold's out-of-fold predictions, written to cv_summary.json and printed."""
-    oof = [read_oof(parent / f"fold{k}" / "valid_preds.csv") for k in range(folds)]
+    oof = [runs.read_oof(parent / f"fold{k}") for k in range(folds)]
     fold_f1 = [float(result["best"]["f1"]) for result in results]
     y_true, y_pred = np.concatenate([t for t, _ in oof]), np.concatenate([p for _, p in oof])
     cv = {k: float(v) for k, v in classification_metrics(y_true, y_pred).items()}
     report = {
-        "status": "finished",
+        "status": runs.FINISHED,
         "folds": folds,
         "cv": cv,
         "n": int(len(y_true)),
@@ -192,11 +199,11 @@ def write_cv_summary(parent: Path, folds: int, results: list[dict]) -> dict:
         "std_fold_f1": float(np.std(fold_f1)),
         "runs": [f"fold{k}" for k in range(folds)],
     }
-    atomic_write_json(parent / "cv_summary.json", report)
+    atomic_write_json(parent / runs.CV_SUMMARY, report)
     print(
         f"CV over {folds} folds: out-of-fold macro F1 {cv['f1']:.4f} (acc {cv['acc']:.4f}; per fold "
         + ", ".join(f"{f:.4f}" for f in fold_f1)
-        + f"); {parent / 'cv_summary.json'}"
+        + f"); {parent / runs.CV_SUMMARY}"
     )
     return cv
 
@@ -231,3 +238,19 @@ def figure_png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- inference.py
+def write_eval_outputs(
+    run: Path, ids: list[str], probs: np.ndarray, labels: np.ndarray, eval_meta: dict, ages: np.ndarray | None = None
+) -> None:
+    """inference.py's submission.csv, eval_probs.npy (float32) and eval_meta.json in the run directory; for the
+    years head also eval_ages.npy, its expected age in years (float32 (N,), info.csv order)."""
+    # eval_meta.json goes first and comes back last: it is the fingerprint ensemble.py trusts, so an interrupted
+    # rewrite leaves outputs that ensemble.py refuses instead of an old fingerprint beside new probabilities.
+    (run / runs.EVAL_META).unlink(missing_ok=True)
+    atomic_save_npy(run / runs.EVAL_PROBS, probs.astype(np.float32))
+    if ages is not None:
+        atomic_save_npy(run / runs.EVAL_AGES, ages.astype(np.float32))
+    atomic_write_csv(run / runs.SUBMISSION, ["ImageID", "ans"], zip(ids, labels.tolist()))
+    atomic_write_json(run / runs.EVAL_META, eval_meta)

@@ -1,8 +1,9 @@
 """Self-describing checkpoints: what best.pt / last.pt hold, RNG state, loading them safely, and --resume
-(a run directory's last.pt, falling back to best.pt when last.pt is damaged).
+(a run directory's last.pt, falling back to best.pt when last.pt is damaged, keeping what that replaces).
 
     best.pt = {"format": "maskcls-checkpoint", "version": 1, "model_state": ..., "meta": {model, head,
-               image_size, mean, std, classes, num_classes, image_dir, old_threshold, epoch, metrics, args}}
+               age_head, image_size, mean, std, classes, num_classes, image_dir, old_threshold, epoch, metrics,
+               args}}   (+ age_loss, age_sigma for the years head; no age_head: an older groups checkpoint)
     last.pt = best.pt's keys + optimizer, scheduler, scaler, raw_model_state / ema_state, epoch,
               best_f1, best_epoch, best_metrics, history, elapsed_s, rng  (everything --resume needs)
 
@@ -14,15 +15,18 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from maskcls import data as dataset
+from maskcls import artifacts, runs
+from maskcls.labels import NUM_CLASSES, class_names
 from maskcls.utils import UserError, first_line, unsafe_pickle_global
 
 CHECKPOINT_FORMAT = "maskcls-checkpoint"
@@ -31,21 +35,34 @@ METRIC_KEYS = ("f1", "acc", "f1_mask", "f1_gender", "f1_age", "loss")
 
 
 # --------------------------------------------------------------------------- writing
-def checkpoint_meta(model_name, head, size, mean, std, image_dir_name, old_threshold, epoch, metrics, args) -> dict:
+def checkpoint_meta(
+    model_name, head, size, mean, std, image_dir_name, old_threshold, epoch, metrics, args, age_head="groups",
+    age_loss=None, age_sigma=None,
+) -> dict:  # fmt: skip
+    """What a checkpoint says of itself: everything predict.py rebuilds the network and its probabilities from.
+    The years head's group probabilities are its mass from ``old_threshold`` (models.logits_to_probs)."""
+    years = {"age_loss": age_loss, "age_sigma": float(age_sigma)} if age_head == "years" else {}
     return {
         "model": model_name,
         "head": head,
+        "age_head": age_head,
+        **years,
         "image_size": [int(size[0]), int(size[1])],
         "mean": [float(x) for x in mean],
         "std": [float(x) for x in std],
-        "classes": dataset.class_names(),
-        "num_classes": dataset.NUM_CLASSES,
+        "classes": class_names(),
+        "num_classes": NUM_CLASSES,
         "image_dir": image_dir_name,
         "old_threshold": int(old_threshold),
         "epoch": int(epoch),
         "metrics": {k: float(metrics[k]) for k in METRIC_KEYS} if metrics else {},  # {}: trained without validation
         "args": args,
     }
+
+
+def age_head_of(meta: dict) -> str:
+    """The checkpoint's age head: "groups" or "years" (a checkpoint from before the years head: groups)."""
+    return meta.get("age_head", "groups")
 
 
 def base_checkpoint(model_state: dict, meta: dict) -> dict:
@@ -85,6 +102,17 @@ def last_checkpoint(
         "elapsed_s": elapsed_s,
         "rng": rng_state(),
     }
+
+
+def non_finite_tensor(state: dict) -> str | None:
+    """The name of the first floating tensor of a state_dict holding a NaN or an inf; None when all are finite."""
+    import torch
+
+    names = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()]
+    if not names:
+        return None
+    finite = torch.stack([torch.isfinite(state[k]).all() for k in names]).tolist()  # one device sync, not one each
+    return next((name for name, ok in zip(names, finite) if not ok), None)
 
 
 # --------------------------------------------------------------------------- RNG state
@@ -172,18 +200,6 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict:
     return read_checkpoint(path, missing, damaged, "point --resume at one train.py wrote", mmap=mmap)
 
 
-def fold_dirs(parent: Path) -> list[Path]:
-    found = [p for p in parent.iterdir() if p.is_dir() and p.name.startswith("fold") and p.name[4:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[4:]))
-
-
-def is_cv_parent(path: Path) -> bool:
-    """A `--fold all` run directory: fold0, fold1... inside, no checkpoint of its own."""
-    return (
-        path.is_dir() and not (path / "last.pt").exists() and not (path / "best.pt").exists() and bool(fold_dirs(path))
-    )
-
-
 def resolve_resume(target: str, quiet: bool = False) -> tuple[Path, dict]:
     """(checkpoint path, checkpoint) for --resume FILE or --resume RUN_DIR (last.pt, else best.pt with a warning)."""
     path = Path(target)
@@ -203,6 +219,47 @@ def resolve_resume(target: str, quiet: bool = False) -> tuple[Path, dict]:
 
 
 # --------------------------------------------------------------------------- resuming
+def checkpoint_epoch(ckpt: dict) -> int:
+    """The epoch after which a checkpoint was saved (last.pt says it, best.pt's meta does)."""
+    return int(ckpt.get("epoch", ckpt.get("meta", {}).get("epoch", 0)))
+
+
+def keep_replaced(run_dir: Path, resume: tuple[Path, dict]) -> None:
+    """Before a run resumes (rank 0, the run locked, nothing written yet): keep on disk what resuming from an
+    earlier epoch than the run reached would overwrite, and say so. That is the case of best.pt taking over from a
+    corrupt last.pt: last.pt is renamed last.pt.corrupt-<time> (last.pt.replaced-<time> if it could be read), and
+    log.csv's rows after the resumed epoch are written to log.dropped-<time>.csv before log.csv is rewritten."""
+    path, ckpt = resume
+    epoch, stamp, kept = checkpoint_epoch(ckpt), time.strftime("%Y%m%d-%H%M%S"), []
+    dropped = [row for row in runs.read_log(run_dir) if row["epoch"] > epoch]  # read first: a bad log stops here
+    last = run_dir / runs.LAST
+    if last.exists() and path.resolve() != last.resolve():
+        try:
+            read_checkpoint(last, "", "", "", mmap=True)
+            state = "replaced"
+        except UserError:
+            state = "corrupt"
+        aside = _free_name(run_dir / f"{runs.LAST}.{state}-{stamp}")
+        os.rename(last, aside)
+        kept.append(f"{last.name} ({state}) is kept as {aside}")
+    if dropped:
+        aside = _free_name(run_dir / f"log.dropped-{stamp}.csv")
+        artifacts.write_log(aside, dropped)
+        epochs = f"{dropped[0]['epoch']}-{dropped[-1]['epoch']}" if len(dropped) > 1 else dropped[0]["epoch"]
+        kept.append(f"log.csv's rows of epoch(s) {epochs} are kept in {aside}")
+    if kept:
+        print(f"warning: {run_dir} resumes after epoch {epoch} from {path.name}; " + "; ".join(kept), file=sys.stderr)
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or path_2, path_3 ... (before its suffix) if taken."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+    return candidate
+
+
 def check_resumable(path: Path, ckpt: dict, model_name: str, head: str) -> None:
     """Before anything is written: the checkpoint must be of the model being built."""
     meta = ckpt.get("meta", {})
@@ -248,7 +305,7 @@ def restore(resume, raw, optimizer, scheduler, scaler, ema, steps_per_epoch, whe
     except RuntimeError as e:
         first = first_line(e)
         raise UserError(f"{path} does not fit this model ({first}); resume with the run's own arguments") from None
-    epoch = int(ckpt.get("epoch", meta.get("epoch", 0)))
+    epoch = checkpoint_epoch(ckpt)
     if "optimizer" in ckpt:
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None and ckpt.get("scheduler") is not None:
@@ -271,7 +328,9 @@ def restore(resume, raw, optimizer, scheduler, scaler, ema, steps_per_epoch, whe
                 warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
                 for _ in range(epoch * (steps_per_epoch if when == "batch" else 1)):
                     scheduler.step()
-        history, best_metrics = [], meta.get("metrics")
+        # log.csv's rows up to that epoch: the log goes on from there (keep_replaced kept the later ones aside)
+        history = [row for row in runs.read_log(path.parent) if row["epoch"] <= epoch]
+        best_metrics = meta.get("metrics")
         best_f1, best_epoch = float(best_metrics["f1"]) if best_metrics else -1.0, epoch
     return {
         "epoch": epoch,

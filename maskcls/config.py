@@ -15,15 +15,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from maskcls import losses, models
-from maskcls.checkpoint import fold_dirs, is_cv_parent, resolve_resume
+from maskcls import age, augment, losses, models
+from maskcls.checkpoint import resolve_resume
 from maskcls.optim import OPTIMIZERS, SCHEDULERS
+from maskcls.runs import NAME_FOLD, fold_dirs, is_cv_parent
 from maskcls.utils import UserError, atomic_write_text, git_commit, json_text, read_json
 
 # Arguments that describe how this invocation was started, not the experiment: never reloaded.
 NOT_RELOADED = frozenset({"config", "resume", "stop_after"})
-# Criterion flags: CLI dest -> keyword of the loss builders that have it (loss.criterion_options tells which).
-CRITERION_FLAGS = {"focal_gamma": "gamma", "smoothing": "smoothing", "sce_alpha": "alpha", "sce_beta": "beta"}
 
 
 # --------------------------------------------------------------------------- parser building blocks
@@ -69,7 +68,11 @@ class TrainParser(argparse.ArgumentParser):
         if not layered:
             return first, extra
         self.set_defaults(**layered)
-        return super().parse_known_args(args, namespace)
+        parsed, extra = super().parse_known_args(args, namespace)
+        named = getattr(first, "name", "") is not None  # the first pass has the parser's defaults: None = no --name
+        if getattr(first, "config", None) and not getattr(first, "resume", None) and not named:
+            parsed.name = rerun_name(layered, parsed)  # not the old run's name, which would become x_2
+        return parsed, extra
 
     def error(self, message: str):
         # argparse would print the ~30-line usage first and bury the one line that matters.
@@ -82,6 +85,7 @@ def check_args(args: argparse.Namespace) -> None:
     # Unknown names raise registry.UnknownNameError listing the valid ones (run_main prints one line).
     models.resolve_model_name(args.model)
     losses.CRITERIA.get(args.criterion)
+    augment.recipe_of(vars(args), warn=True)  # and a bad option value is a UserError naming its flag
     OPTIMIZERS.get(args.optimizer)
     SCHEDULERS.get(args.scheduler)
     positive = {
@@ -127,7 +131,27 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--drop-ages LO HI needs LO <= HI, got {args.drop_ages[0]} {args.drop_ages[1]}")
     if any(w < 0 for w in args.head_weights):
         raise UserError(f"--head-weights must be >= 0, got {args.head_weights}")
+    check_age_head(args)
     check_output_dir(args.output_dir, args.data_dir)
+
+
+def check_age_head(args: argparse.Namespace) -> None:
+    """--age-head years: a part of the multi head, with an old-age threshold inside its bins (18..60)."""
+    if args.age_head == "groups":  # a reloaded config may carry the years head's options: a warning, not an error
+        defaults = {"age_loss": age.DEFAULT_AGE_LOSS, "age_sigma": age.DEFAULT_AGE_SIGMA}
+        idle = [f"--{k.replace('_', '-')} {getattr(args, k)}" for k, v in defaults.items() if getattr(args, k) != v]
+        if idle:
+            print(f"warning: {', '.join(idle)} change(s) nothing without --age-head years", file=sys.stderr)
+        return
+    if args.head != "multi":
+        raise UserError(f"--age-head {args.age_head} is a part of the multi head; add --head multi")
+    if not 30 < args.age_old_threshold <= 60:
+        raise UserError(
+            f"--age-head years counts the old group from --age-old-threshold inside its ages 18..60; "
+            f"got {args.age_old_threshold}, use 31..60"
+        )
+    if not args.age_sigma > 0:
+        raise UserError(f"--age-sigma is a width in years, > 0 (e.g. 2); got {args.age_sigma}")
 
 
 def check_output_dir(output_dir: str, data_dir: str) -> None:
@@ -143,21 +167,23 @@ def check_output_dir(output_dir: str, data_dir: str) -> None:
                 )
 
 
-def criterion_options(criterion: str, given: dict[str, float | None]) -> dict:
-    """Keyword options for loss.build_loss from the CLI's criterion flags (dest -> value; None = loss default).
+def criterion_options(criterion: str, given: dict[str, Any]) -> dict:
+    """Keyword options for losses.build_loss from the parsed arguments' criterion flags (None = the loss's default).
 
-    A flag the chosen criterion has no option for is ignored with a warning rather than an error, so a
+    ``given``: the arguments (dest -> value), e.g. ``vars(args)``; the flags are those losses.py declares
+    (losses.criterion_flags). A flag of another criterion is ignored with a warning rather than an error, so a
     reloaded config (--config of a focal run) can switch --criterion without clearing --focal-gamma.
     """
-    accepted = losses.criterion_options(criterion)
+    canonical = losses.CRITERIA.canonical(criterion)
     options, ignored = {}, []
-    for dest, value in given.items():
+    for flag in losses.criterion_flags():
+        value = given.get(flag.dest)
         if value is None:
             continue
-        if CRITERION_FLAGS[dest] in accepted:
-            options[CRITERION_FLAGS[dest]] = value
+        if flag.criterion == canonical:
+            options[flag.option] = value
         else:
-            ignored.append("--" + dest.replace("_", "-"))
+            ignored.append(flag.flag)
     if ignored:
         print(f"warning: {', '.join(ignored)} do(es) not apply to --criterion {criterion}; ignored", file=sys.stderr)
     return options
@@ -165,9 +191,67 @@ def criterion_options(criterion: str, given: dict[str, float | None]) -> dict:
 
 def default_run_name(model_name: str, criterion: str, fold: int | str | None, folds: int) -> str:
     display = model_name.removeprefix("timm:")
-    where = "holdout" if fold is None else f"cv{folds}" if fold == "all" else f"fold{fold}"
-    name = f"{display}_{criterion}_{where}"
+    return safe_name(f"{display}_{criterion}_{where_name(fold, folds)}")
+
+
+def where_name(fold: int | str | None, folds: int) -> str:
+    """What a default run name says of its validation: fold<k>, cv<folds> (--fold all) or holdout (--fold none)."""
+    return "holdout" if fold is None else f"cv{folds}" if fold == "all" else f"fold{fold}"
+
+
+def safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
+
+
+# Arguments a rerun's name leaves out: where and how fast it runs, not what it is (its config.json has them all).
+NOT_IN_NAME = NOT_RELOADED | {"name", "output_dir", "data_dir", "workers", "device", "log_interval", "valid_batch_size"}
+NAME_TAG_MAX = 100  # characters of a rerun name's "what changed"; a longer one becomes a count and a digest
+
+
+def rerun_name(saved: dict, args: argparse.Namespace) -> str:
+    """The name of a --config rerun without --name: the saved run's name with the arguments the command line
+    changed (deterministic, sorted), placed before its fold part so that a rerun's folds stay one model group:
+    r18_fold0 + --lr 1e-3 -> r18_lr1e-3_fold0; + --fold 1 -> r18_fold1. A run saved with the default name gets
+    the default name of the new arguments with the other changes. Nothing changed: the saved name (then _2)."""
+    changes = {
+        k: v for k, v in sorted(vars(args).items()) if k in saved and k not in NOT_IN_NAME and v != saved[k]
+    }
+    name = saved.get("name")
+    if name is None:  # the default name says the model, criterion and fold itself
+        model = models.MODELS.canonical(args.model) if args.model in models.MODELS else str(args.model)
+        criterion = losses.CRITERIA.canonical(args.criterion) if args.criterion in losses.CRITERIA else args.criterion
+        name = default_run_name(model, criterion, args.fold, args.folds)
+        changes = {k: v for k, v in changes.items() if k not in ("model", "criterion", "fold")}
+    found = NAME_FOLD.search(str(name))
+    stem, fold_part = (name[: found.start()], found["sep"] + found["fold"]) if found else (str(name), "")
+    if fold_part and "fold" in changes:  # r18_fold0 validated on another fold: r18_fold1 (r18_cv5 for all)
+        fold_part = found["sep"] + where_name(changes.pop("fold"), args.folds)
+    tag = "_".join(_name_part(k, v) for k, v in changes.items())
+    if len(tag) > NAME_TAG_MAX:
+        tag = f"{len(changes)}changes-{hashlib.sha1(tag.encode()).hexdigest()[:6]}"
+    return safe_name("_".join(p for p in (stem, tag) if p) + fold_part)
+
+
+def _name_part(key: str, value: Any) -> str:
+    """One changed argument in a run name: lr1e-3, resize48x36, criterion-focal, no-pretrained, cache."""
+    key = key.replace("_", "-")
+    if isinstance(value, bool) or value is None:
+        return key if value else f"no-{key}"
+    if isinstance(value, list):
+        return key + "x".join(_compact(v) for v in value)
+    if isinstance(value, str):
+        return f"{key}-{Path(value).stem if '/' in value else value}"
+    return key + _compact(value)
+
+
+def _compact(value: Any) -> str:
+    """A number as short as it reads exactly: 0.001 -> 1e-3, 3e-4 -> 3e-4, 0.5 -> 0.5, 20 -> 20."""
+    if not isinstance(value, float):
+        return str(value)
+    plain = repr(value).removesuffix(".0")
+    mantissa, exponent = f"{value:e}".split("e")
+    sci = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return sci if len(sci) < len(plain) and float(sci) == value else plain
 
 
 # --------------------------------------------------------------------------- reloading

@@ -19,7 +19,7 @@ from maskcls.utils import UserError
 NUM_CLASSES = 18
 HEAD_SIZES = (3, 2, 3)  # mask, gender, age logits of the multi head
 HEAD_NAMES = ("mask", "gender", "age")
-DEFAULT_OLD_THRESHOLD = 60  # the competition's age split; training may use 55-58 (see DATASET.md)
+DEFAULT_OLD_THRESHOLD = 60  # the competition's age split; training may use 55-58 (see docs/DATASET.md)
 
 
 class Mask(IntEnum):
@@ -88,6 +88,13 @@ def decode_label(label):
     if np.any((label < 0) | (label >= NUM_CLASSES)):
         raise ValueError(f"labels must be in 0..{NUM_CLASSES - 1}")
     return label // 6, (label // 3) % 2, label % 3
+
+
+def class_column(targets):
+    """The 18-class labels of a batch's training targets (numpy array or tensor): (N,) targets are the labels;
+    the years head's (N, 2) targets are [class, written age] rows (datasets.TrainDataset ``with_ages``), so
+    that CutMix/MixUp's row permutation carries each age with its class."""
+    return targets[:, 0] if targets.ndim == 2 else targets
 
 
 def _check_threshold(old_threshold: int) -> None:

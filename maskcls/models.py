@@ -12,25 +12,21 @@ Adding a backbone is one decorated function (any timm name also works without re
 timm and torch are imported when a model is built, not with this file: listing the registered names
 (``train.py --help``) stays instant. The multi head's nn.Module is in modules.py.
 
-Weights: ``pretrained=True`` loads timm's hub weights (from the local cache when they are there, with no
-network access); when they cannot be downloaded, a one-line ``UserError`` names ``--no-pretrained`` and
-``--weights PATH``. ``weights=PATH`` loads a local backbone file (a timm state_dict saved as ``.pth`` or
-``.safetensors``) through timm's own pretrained-loading path, so classifier removal and input-conv
-adaptation behave exactly as for hub weights.
+Weights: ``pretrained=True`` loads timm's hub weights, ``weights=PATH`` a local backbone file; hub.py gets them,
+and makes each of their problems (offline, a wrong file) a one-line ``UserError``.
 """
 
 from __future__ import annotations
 
 import os
-import socket
-import threading
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
-from maskcls.data import HEAD_SIZES, NUM_CLASSES  # the label layout: class = mask*6 + gender*3 + age
+from maskcls import hub
+from maskcls.age import AGE_HEADS, head_sizes
+from maskcls.labels import DEFAULT_OLD_THRESHOLD, NUM_CLASSES  # the label layout: class = mask*6 + gender*3 + age
 from maskcls.registry import Registry, UnknownNameError
 from maskcls.utils import UserError
 
@@ -43,10 +39,6 @@ register_model = MODELS.register
 
 HEADS = ("single", "multi")
 TIMM_PREFIX = "timm:"
-# Seconds to wait for the weights host before declaring it unreachable. huggingface_hub itself retries a
-# failed connection 5 times with back-off (about 25 s per file, two files: ~50 s) before giving up.
-PROBE_TIMEOUT_S = 5.0
-_FIX = "train from scratch with --no-pretrained, or pass a local backbone file with --weights PATH (.pth/.safetensors)"
 
 
 # --------------------------------------------------------------------------- registered backbones
@@ -168,18 +160,24 @@ def create_model(
     pretrained: bool = True,
     weights: str | os.PathLike | None = None,
     drop_rate: float | None = None,
+    age_head: str = "groups",
     **kw,
 ) -> nn.Module:
     """Build a backbone with an 18-class ("single") or mask/gender/age ("multi") head.
 
     The forward pass returns a logits tensor: (N, 18) for "single", (N, 8) = [mask 3 | gender 2 | age 3]
-    for "multi" (one tensor keeps DDP, AMP, torch.compile and EMA simple). ``weights`` (a local backbone
-    file) takes precedence over ``pretrained``. ``drop_rate`` is timm's pre-classifier dropout for
+    for "multi" (one tensor keeps DDP, AMP, torch.compile and EMA simple); with ``age_head="years"`` the
+    multi head's age part is one logit per year 18..60 (maskcls.age), (N, 48) in all. ``weights`` (a local
+    backbone file) takes precedence over ``pretrained``. ``drop_rate`` is timm's pre-classifier dropout for
     "single" and each head's dropout for "multi". Further keyword arguments go to ``timm.create_model``;
-    None values are dropped, as timm does. Sets ``model.head_type`` and ``model.model_name``.
+    None values are dropped, as timm does. Sets ``model.head_type``, ``model.age_head`` and ``model.model_name``.
     """
     if head not in HEADS:
         raise UserError(f"unknown head {head!r}; use one of: {', '.join(HEADS)}")
+    if age_head not in AGE_HEADS:
+        raise UserError(f"unknown age head {age_head!r}; use one of: {', '.join(AGE_HEADS)}")
+    if head == "single" and age_head != "groups":
+        raise UserError(f"--age-head {age_head} is a part of the multi head; add --head multi")
     display = resolve_model_name(name)
     build: Callable[..., nn.Module] = (
         partial(timm_backbone, display[len(TIMM_PREFIX) :]) if display.startswith(TIMM_PREFIX) else MODELS.get(display)
@@ -194,26 +192,36 @@ def create_model(
         from maskcls.modules import MultiHeadNet
 
         backbone = build(num_classes=0, pretrained=pretrained, weights=weights, **kw)
-        model = MultiHeadNet(backbone, drop_rate=drop_rate or 0.0)
+        model = MultiHeadNet(backbone, drop_rate=drop_rate or 0.0, sizes=head_sizes(age_head))
     model.head_type = head
+    model.age_head = age_head
     model.model_name = display
     return model
 
 
-def split_multi_logits(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(N, 8) multi-head logits -> (mask (N,3), gender (N,2), age (N,3))."""
-    if logits.ndim != 2 or logits.shape[1] != sum(HEAD_SIZES):
-        raise ValueError(f"multi-head logits must have shape (N, {sum(HEAD_SIZES)}), got {tuple(logits.shape)}")
+def split_multi_logits(
+    logits: torch.Tensor, age_head: str = "groups"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, 8) multi-head logits -> (mask (N,3), gender (N,2), age (N,3)); the years head's (N, 48) -> age (N, 43)."""
+    sizes = head_sizes(age_head)
+    if logits.ndim != 2 or logits.shape[1] != sum(sizes):
+        raise ValueError(
+            f"multi-head logits ({age_head} age head) must have shape (N, {sum(sizes)}), got {tuple(logits.shape)}"
+        )
     import torch
 
-    mask, gender, age = torch.split(logits, HEAD_SIZES, dim=1)
+    mask, gender, age = torch.split(logits, sizes, dim=1)
     return mask, gender, age
 
 
-def logits_to_probs(logits: torch.Tensor, head: str) -> torch.Tensor:
+def logits_to_probs(
+    logits: torch.Tensor, head: str, age_head: str = "groups", old_threshold: int = DEFAULT_OLD_THRESHOLD
+) -> torch.Tensor:
     """(N, 18) float32 class probabilities; for "multi" the product of the three heads' softmaxes.
 
-    Class order is mask*6 + gender*3 + age, i.e. a C-order reshape of the (mask, gender, age) grid.
+    Class order is mask*6 + gender*3 + age, i.e. a C-order reshape of the (mask, gender, age) grid. The years
+    head's age probabilities are its distribution's mass below 30, from 30 and from ``old_threshold`` (the
+    run's --age-old-threshold; age.group_masses), so everything downstream sees 18 classes as from the groups.
     """
     logits = logits.float()
     if head == "single":
@@ -221,169 +229,32 @@ def logits_to_probs(logits: torch.Tensor, head: str) -> torch.Tensor:
     if head == "multi":
         import torch
 
-        mask, gender, age = (part.softmax(dim=1) for part in split_multi_logits(logits))
+        mask, gender, age = (part.softmax(dim=1) for part in split_multi_logits(logits, age_head))
+        if age_head == "years":
+            from maskcls.age import group_masses
+
+            age = group_masses(age, old_threshold)
         return torch.einsum("nm,ng,na->nmga", mask, gender, age).reshape(len(logits), NUM_CLASSES)
     raise ValueError(f"unknown head {head!r}; use one of: {', '.join(HEADS)}")
 
 
-# --------------------------------------------------------------------------- timm + weights
+def age_distribution(logits: torch.Tensor, head: str, age_head: str = "groups") -> torch.Tensor | None:
+    """The years head's (N, 43) float32 distribution over the ages 18..60 (age.expected_age makes it years);
+    None for a model without one. TTA averages these distributions, then takes the expectation."""
+    if head != "multi" or age_head != "years":
+        return None
+    return split_multi_logits(logits.float(), age_head)[2].softmax(dim=1)
+
+
+# --------------------------------------------------------------------------- timm
 def timm_backbone(
     timm_name: str, pretrained: bool = True, weights: str | os.PathLike | None = None, **kwargs
 ) -> nn.Module:
-    """``timm.create_model`` whose weight problems are one-line ``UserError``s (see the module docstring)."""
+    """``timm.create_model`` whose weight problems are one-line ``UserError``s (hub.py: a local file, the hub)."""
     import timm
 
     if weights is not None:
-        return _with_local_weights(timm_name, Path(weights), kwargs)
+        return hub.from_local_file(timm_name, Path(weights), kwargs)
     if not pretrained:
         return timm.create_model(timm_name, pretrained=False, **kwargs)
-    return _with_hub_weights(timm_name, kwargs)
-
-
-def _with_local_weights(timm_name: str, path: Path, kwargs: dict) -> nn.Module:
-    import timm
-
-    if not path.is_file():
-        raise UserError(f"weights file {path} not found; pass an existing .pth/.safetensors backbone file to --weights")
-    try:
-        # Read once here to check the file is what it should be: timm loads non-strictly when the
-        # classifier is replaced, so a file of the wrong kind would otherwise leave the backbone random.
-        state = timm.models.load_state_dict(str(path))
-    except Exception as e:
-        raise UserError(
-            f"cannot read weights file {path} ({_one_line(e)}); --weights takes a backbone state_dict "
-            f"saved with torch.save or safetensors"
-        ) from None
-    if "model_state" in state:
-        raise UserError(
-            f"{path} is a maskcls checkpoint, not a backbone weights file; --weights takes timm backbone "
-            f"weights (.pth/.safetensors)"
-        )
-    try:
-        model = timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
-    except RuntimeError as e:  # size mismatches from load_state_dict
-        raise UserError(f"weights file {path} does not fit {timm_name}: {_one_line(e)}") from None
-    classifier = model.pretrained_cfg.get("classifier") or ()
-    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
-    missing = [
-        k
-        for k in model.state_dict()
-        if k not in state and not k.endswith("num_batches_tracked") and not k.startswith(tuple(h + "." for h in heads))
-    ]
-    if missing:
-        raise UserError(
-            f"weights file {path} lacks {len(missing)} tensor(s) of {timm_name} (e.g. {', '.join(missing[:3])}); "
-            f"is it a {timm_name} backbone state_dict?"
-        )
-    return model
-
-
-def _with_hub_weights(timm_name: str, kwargs: dict) -> nn.Module:
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(timm_name)
-    source = _weights_source(cfg)
-    if source is None:
-        raise UserError(f"timm has no pretrained weights for {timm_name}; {_FIX}")
-    kind, where = source
-    origin = f"the Hugging Face hub ({where})" if kind == "hf" else where
-    cached = _cached_weights(cfg, kind, where)
-    if cached is not None and not cfg.custom_load:
-        # Load the cached file directly: with a cached file, huggingface_hub still asks the hub for a newer
-        # version first and, offline, retries for ~25 s before falling back to the cache.
-        return timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(cached)}, **kwargs)
-    reason = _unreachable(kind, where)
-    if reason:
-        raise UserError(f"could not download pretrained weights for {timm_name} from {origin} ({reason}); {_FIX}")
-    try:
-        return timm.create_model(timm_name, pretrained=True, **kwargs)
-    except Exception as e:
-        if not _is_download_error(e):
-            raise
-        raise UserError(
-            f"could not download pretrained weights for {timm_name} from {origin} ({_one_line(e)}); {_FIX}"
-        ) from None
-
-
-def _weights_source(cfg) -> tuple[str, str] | None:
-    """("hf", "repo[@revision]") or ("url", url), in the order timm prefers them; None without weights."""
-    if cfg is None:
-        return None
-    if cfg.hf_hub_id:
-        return "hf", cfg.hf_hub_id
-    if cfg.url:
-        return "url", cfg.url
-    return None
-
-
-def _cached_weights(cfg, kind: str, where: str) -> Path | None:
-    """The weights file of timm's default source if a previous download left it in the local cache."""
-    if kind == "url":
-        import torch
-
-        path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(where).path)
-        return path if path.is_file() else None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    repo, _, revision = where.partition("@")
-    # timm prefers a .safetensors twin of the file it is told to fetch (default pytorch_model.bin).
-    filename = cfg.hf_hub_filename or "pytorch_model.bin"
-    twin = "model.safetensors" if filename == "pytorch_model.bin" else str(Path(filename).with_suffix(".safetensors"))
-    for name in dict.fromkeys((twin, filename)):
-        found = try_to_load_from_cache(repo, name, revision=revision or None)
-        if isinstance(found, str):
-            return Path(found)
-    return None
-
-
-def _unreachable(kind: str, where: str) -> str | None:
-    """Why the weights host cannot be reached, or None when it answers (or we cannot tell)."""
-    if kind == "hf":
-        from huggingface_hub import constants
-
-        if constants.HF_HUB_OFFLINE:
-            return "HF_HUB_OFFLINE is set"
-        url = urlparse(constants.ENDPOINT)
-    else:
-        url = urlparse(where)
-    if any(os.environ.get(v) for v in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")):
-        return None  # behind a proxy a direct connection proves nothing: let the real download decide
-    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
-    if not host:
-        return None
-    return probe_host(host, port, PROBE_TIMEOUT_S)
-
-
-def probe_host(host: str, port: int, timeout: float) -> str | None:
-    """Try a TCP connection; return the failure as text, or None if it connected.
-
-    Runs in a daemon thread so a hanging DNS lookup (which ignores socket timeouts) cannot stall us.
-    """
-    outcome: list[str | None] = []
-
-    def connect() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            outcome.append(None)
-        except OSError as e:
-            outcome.append(f"cannot reach {host}:{port}: {e.strerror or e}")
-
-    thread = threading.Thread(target=connect, daemon=True, name=f"probe-{host}")
-    thread.start()
-    thread.join(timeout + 1.0)
-    return outcome[0] if outcome else f"no answer from {host}:{port} within {timeout:.0f} s"
-
-
-_NETWORK_PACKAGES = {"huggingface_hub", "httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3"}
-
-
-def _is_download_error(e: BaseException) -> bool:
-    # huggingface_hub's errors are OSErrors, but its HTTP client's (httpx) are not.
-    return isinstance(e, OSError) or type(e).__module__.split(".")[0] in _NETWORK_PACKAGES
-
-
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    text = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return hub.from_hub(timm_name, kwargs)

@@ -1,26 +1,37 @@
-"""The torch nn.Module classes the registries build: the multi-head network (model.py) and the losses torch
-does not have (loss.py): focal, soft macro F1, symmetric cross entropy, and the sum over the three heads.
+"""The torch nn.Module classes the registries build: the multi-head network (models.py), the module that wraps
+each loss function of losses.py, the years head's loss (maskcls.age) and the sum of the losses over the three heads.
 
-model.py and loss.py import this file inside their builders, so that listing the registered names
-(``train.py --help``) does not load torch. A new loss module goes here; its builder goes into loss.py.
+models.py and losses.py import this file when they build, so that listing the registered names
+(``train.py --help``) does not load torch. A new loss is a function in losses.py, not a class here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from maskcls.data import HEAD_NAMES, HEAD_SIZES
+from maskcls.age import (
+    AGE_LOSSES,
+    DEFAULT_AGE_LOSS,
+    DEFAULT_AGE_SIGMA,
+    NUM_AGE_BINS,
+    gaussian_targets,
+    head_sizes,
+    mixed_targets,
+    years_loss,
+)
+from maskcls.labels import HEAD_NAMES, HEAD_SIZES, class_column
 
 
 # --------------------------------------------------------------------------- networks
 class MultiHeadNet(nn.Module):
-    """One backbone, three linear heads (mask 3, gender 2, age 3); forward gives their (N, 8) logits concatenated."""
+    """One backbone, three linear heads (mask 3, gender 2, age 3); forward gives their (N, 8) logits concatenated.
+    ``sizes``: the heads' widths, (3, 2, 43) for the years head (age.head_sizes)."""
 
-    def __init__(self, backbone: nn.Module, drop_rate: float = 0.0):
+    def __init__(self, backbone: nn.Module, drop_rate: float = 0.0, sizes: Sequence[int] = HEAD_SIZES):
         super().__init__()
         self.backbone = backbone
         # Some timm models (e.g. MobileNetV3) add a hidden layer after pooling: its width is what they return.
@@ -28,7 +39,7 @@ class MultiHeadNet(nn.Module):
         self.heads = nn.ModuleDict(
             {
                 name: nn.Sequential(nn.Dropout(drop_rate), nn.Linear(width, size))
-                for name, size in zip(HEAD_NAMES, HEAD_SIZES)
+                for name, size in zip(HEAD_NAMES, sizes)
             }
         )
         # timm.data.resolve_model_data_config reads this (mean/std/input size of the backbone's weights).
@@ -40,92 +51,76 @@ class MultiHeadNet(nn.Module):
 
 
 # --------------------------------------------------------------------------- losses
-class _WeightedLoss(nn.Module):
-    """Holds ``num_classes`` and the optional per-class weight (a buffer, so ``.to(device)`` moves it)."""
+class Criterion(nn.Module):
+    """One loss function of losses.py as a module: (logits (N, C), target (N,) int64) -> scalar.
+
+    Holds what the function is called with besides the batch: the options, and the optional per-class
+    weight as a buffer, so that ``.to(device)`` moves it (not persistent: checkpoints do not store it). It
+    checks the logits' shape, so a head of the wrong width fails here rather than in an index error.
+    """
 
     weight: torch.Tensor | None
 
-    def __init__(self, num_classes: int, weight: torch.Tensor | None):
+    def __init__(
+        self, name: str, loss: Callable, num_classes: int, weight: torch.Tensor | None, options: dict[str, Any]
+    ):
         super().__init__()
-        self.num_classes = num_classes
+        self.name, self.loss, self.num_classes, self.options = name, loss, num_classes, dict(options)
         self.register_buffer("weight", weight, persistent=False)
 
-    def _check(self, logits: torch.Tensor) -> None:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if logits.ndim != 2 or logits.shape[1] != self.num_classes:
-            raise ValueError(f"{type(self).__name__} expects logits (N, {self.num_classes}), got {tuple(logits.shape)}")
+            raise ValueError(f"loss {self.name} expects logits (N, {self.num_classes}), got {tuple(logits.shape)}")
+        return self.loss(logits, target, self.weight, **self.options)
 
-    def _batch_mean(self, per_sample: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Mean over the batch, weighted by the weight of each sample's class (ce's convention)."""
-        if self.weight is None:
-            return per_sample.mean()
-        w = self.weight[target]
-        return (w * per_sample).sum() / w.sum()
-
-
-class FocalLoss(_WeightedLoss):
-    def __init__(self, num_classes: int, gamma: float = 2.0, weight: torch.Tensor | None = None):
-        super().__init__(num_classes, weight)
-        self.gamma = gamma
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        self._check(logits)
-        log_p = F.log_softmax(logits.float(), dim=1)
-        # nll_loss applies class weights and their weighted mean exactly as cross_entropy does.
-        return F.nll_loss((1 - log_p.exp()).pow(self.gamma) * log_p, target, weight=self.weight)
-
-
-class SoftF1Loss(_WeightedLoss):
-    def __init__(self, num_classes: int, eps: float = 1e-7, weight: torch.Tensor | None = None):
-        super().__init__(num_classes, weight)
-        self.eps = eps
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        self._check(logits)
-        probs = logits.float().softmax(dim=1)
-        onehot = F.one_hot(target, self.num_classes).to(probs.dtype)
-        tp = (probs * onehot).sum(dim=0)
-        fp = (probs * (1 - onehot)).sum(dim=0)
-        fn = ((1 - probs) * onehot).sum(dim=0)
-        # A class absent from the batch and never predicted has F1 0, as sklearn's zero_division=0 gives.
-        f1 = 2 * tp / (2 * tp + fp + fn + self.eps)
-        if self.weight is None:
-            return 1 - f1.mean()
-        return 1 - (self.weight * f1).sum() / self.weight.sum()
-
-
-class SymmetricCELoss(_WeightedLoss):
-    def __init__(
-        self,
-        num_classes: int,
-        alpha: float = 0.1,
-        beta: float = 1.0,
-        log_clamp: float = -4.0,
-        weight: torch.Tensor | None = None,
-    ):
-        super().__init__(num_classes, weight)
-        self.alpha, self.beta, self.log_clamp = alpha, beta, log_clamp
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        self._check(logits)
-        logits = logits.float()
-        ce = F.cross_entropy(logits, target, weight=self.weight)
-        p_true = logits.softmax(dim=1).gather(1, target[:, None]).squeeze(1)
-        # -sum_k p_k log q_k: log q_y = 0 and every other log q_k = log_clamp, and the p_k (k != y) sum to 1 - p_y.
-        rce = -self.log_clamp * (1 - p_true)
-        return self.alpha * ce + self.beta * self._batch_mean(rce, target)
+    def extra_repr(self) -> str:
+        return ", ".join([self.name, f"num_classes={self.num_classes}", *(f"{k}={v}" for k, v in self.options.items())])
 
 
 def decode_targets(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """18-class labels -> (mask, gender, age) labels.
 
-    Same arithmetic as dataset.decode_label (class = mask*6 + gender*3 + age), repeated here so it runs on
+    Same arithmetic as labels.decode_label (class = mask*6 + gender*3 + age), repeated here so it runs on
     tensors on any device without importing the data pipeline.
     """
     return target // 6, (target // 3) % 2, target % 3
 
 
+class YearsLoss(nn.Module):
+    """The years head's loss: age.years_loss of ``kind`` (dldl, dex) averaged over the batch, on (N, 43) logits
+    against the written ages (N,), their target a Gaussian of ``sigma`` years (dex: the one-hot year)."""
+
+    def __init__(self, kind: str = DEFAULT_AGE_LOSS, sigma: float = DEFAULT_AGE_SIGMA):
+        super().__init__()
+        if kind not in AGE_LOSSES or not sigma > 0:
+            raise ValueError(f"age loss must be one of {', '.join(AGE_LOSSES)} with sigma > 0, got {kind} {sigma}")
+        self.kind, self.sigma = kind, float(sigma) if kind == "dldl" else 0.0
+        self.num_classes = NUM_AGE_BINS
+
+    def forward(self, logits: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
+        self._check(logits)
+        return years_loss(logits, gaussian_targets(ages, self.sigma), ages.float(), self.kind).mean()
+
+    def mixed(self, logits: torch.Tensor, ages_a: torch.Tensor, ages_b: torch.Tensor, lam: float) -> torch.Tensor:
+        """The loss against the mixed target: lam of a's distribution and age, 1 - lam of b's (CutMix, MixUp)."""
+        self._check(logits)
+        target, age = mixed_targets(ages_a, ages_b, lam, self.sigma)
+        return years_loss(logits, target, age, self.kind).mean()
+
+    def _check(self, logits: torch.Tensor) -> None:
+        if logits.ndim != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"the years loss expects logits (N, {self.num_classes}), got {tuple(logits.shape)}")
+
+    def extra_repr(self) -> str:
+        return f"{self.kind}, sigma={self.sigma}"
+
+
 class MultiHeadLoss(nn.Module):
-    """Sum of one criterion per head (mask 3, gender 2, age 3 classes) on (N, 8) logits and 18-class targets."""
+    """Sum of one criterion per head (mask 3, gender 2, age 3 classes) on (N, 8) logits and 18-class targets.
+
+    With a YearsLoss as the age criterion (the years head): (N, 48) logits and (N, 2) [class, written age]
+    targets (labels.class_column); the mask and gender criteria see the classes as before.
+    """
 
     def __init__(self, criteria: Sequence[nn.Module], head_weights: Sequence[float] = (1.0, 1.0, 1.0)):
         super().__init__()
@@ -135,13 +130,40 @@ class MultiHeadLoss(nn.Module):
             )
         self.criteria = nn.ModuleList(criteria)
         self.head_weights = tuple(float(w) for w in head_weights)
+        self.years = isinstance(criteria[2], YearsLoss)
+        self.sizes = head_sizes("years" if self.years else "groups")
 
     def head_losses(self, logits: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
         """The unweighted loss of each head (mask, gender, age), e.g. for logging."""
-        if logits.ndim != 2 or logits.shape[1] != sum(HEAD_SIZES):
-            raise ValueError(f"multi-head logits must have shape (N, {sum(HEAD_SIZES)}), got {tuple(logits.shape)}")
-        parts = torch.split(logits, HEAD_SIZES, dim=1)
-        return [crit(part, t) for crit, part, t in zip(self.criteria, parts, decode_targets(target))]
+        parts = self._split(logits)
+        return [crit(part, t) for crit, part, t in zip(self.criteria, parts, self._targets(target))]
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return sum(w * loss for w, loss in zip(self.head_weights, self.head_losses(logits, target)))
+
+    def mixed(self, logits: torch.Tensor, target_a: torch.Tensor, target_b: torch.Tensor, lam: float) -> torch.Tensor:
+        """The loss of a CutMix/MixUp batch, lam of a's targets and 1 - lam of b's: the class heads mix their
+        losses, lam L_a + (1 - lam) L_b, the years head mixes its target distribution (YearsLoss.mixed), as a
+        58 pasted onto a 30 is a face between the two ages, not half a 58 and half a 30."""
+        if not self.years:  # the very expression augment.mixed_loss always computed: groups runs stay bit-identical
+            return lam * self(logits, target_a) + (1.0 - lam) * self(logits, target_b)
+        parts = self._split(logits)
+        a, b = self._targets(target_a), self._targets(target_b)
+        classes = zip(self.criteria[:2], parts, a, b)  # mask and gender
+        losses = [lam * crit(p, ta) + (1.0 - lam) * crit(p, tb) for crit, p, ta, tb in classes]
+        losses.append(self.criteria[2].mixed(parts[2], a[2], b[2], lam))
+        return sum(w * loss for w, loss in zip(self.head_weights, losses))
+
+    def _split(self, logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if logits.ndim != 2 or logits.shape[1] != sum(self.sizes):
+            raise ValueError(f"multi-head logits must have shape (N, {sum(self.sizes)}), got {tuple(logits.shape)}")
+        return torch.split(logits, self.sizes, dim=1)
+
+    def _targets(self, target: torch.Tensor) -> list[torch.Tensor]:
+        """Each head's target: the parts of the 18-class label; the written ages for the years head."""
+        heads = list(decode_targets(class_column(target)))
+        if self.years:
+            if target.ndim != 2:
+                raise ValueError(f"the years head needs (N, 2) [class, age] targets, got {tuple(target.shape)}")
+            heads[2] = target[:, 1]
+        return heads

@@ -13,9 +13,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
-from maskcls import data as dataset
 from maskcls.augment import Augment
+from maskcls.datasets import TrainDataset
 from maskcls.distributed import DistInfo
+from maskcls.folds import Split
+from maskcls.images import eval_transform
+from maskcls.tables import inverse_frequency
 
 VALID_OLD_THRESHOLD = 60  # the competition's labels: validation is always scored with it
 
@@ -61,7 +64,7 @@ class SeededBatches(Dataset):
     worker ships a quarter of the bytes; AugmentedLoader augments them where the model runs.
     """
 
-    def __init__(self, base: dataset.TrainDataset):
+    def __init__(self, base: TrainDataset):
         self.base = base
 
     def __len__(self) -> int:
@@ -142,7 +145,7 @@ class DistributedWeightedSampler(Sampler):
 
 # --------------------------------------------------------------------------- loaders
 def build_loaders(
-    split: dataset.Split,
+    split: Split,
     size: tuple[int, int],
     mean,
     std,
@@ -157,17 +160,21 @@ def build_loaders(
     pin_memory: bool,
     augment: Augment | None = None,
     device: torch.device | None = None,
+    with_ages: bool = False,
 ) -> tuple[AugmentedLoader, DataLoader | None, np.ndarray]:
     """``augment``: the training augmentation (default: Augment(mean, std)), run on ``device`` (CPU); the
-    validation loader is None when the split validates on no one (train on every person)."""
-    train_ds = dataset.TrainDataset(split.train, size, None, old_threshold=old_threshold, cache=cache)
-    valid_ds = dataset.TrainDataset(
-        split.valid, size, dataset.eval_transform(size, mean, std), old_threshold=VALID_OLD_THRESHOLD, cache=cache
-    )
+    validation loader is None when the split validates on no one (train on every person). ``with_ages``: both
+    loaders' targets are [class, written age] pairs (the years head's loss needs the years); the returned
+    training labels are the classes either way."""
+    train_ds = TrainDataset(split.train, size, None, old_threshold=old_threshold, cache=cache, with_ages=with_ages)
+    valid_ds = TrainDataset(
+        split.valid, size, eval_transform(size, mean, std), old_threshold=VALID_OLD_THRESHOLD, cache=cache,
+        with_ages=with_ages,
+    )  # fmt: skip
     labels = np.asarray(train_ds.labels)
     generator = None
     if sampler == "weighted":
-        weights = dataset.inverse_frequency(labels)[labels]
+        weights = inverse_frequency(labels)[labels]
         if info.ddp:
             base = DistributedWeightedSampler(weights, info.world, info.rank, seed=seed)
         else:

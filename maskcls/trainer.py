@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from maskcls import config, losses, models, optim, utils
-from maskcls import data as dataset
+from maskcls import checkpoint, config, losses, models, optim, utils
+from maskcls.images import IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:
     import argparse
@@ -40,6 +41,8 @@ class StepConfig:
     cutmix_beta: float = 1.0
     mixup: float = 0.0
     log_interval: int = 20
+    age_head: str = "groups"  # the multi head's age part (maskcls.age); "years" makes its probabilities from
+    old_threshold: int = 60  # the distribution's mass from this age (the run's --age-old-threshold)
 
 
 def autocast(cfg: StepConfig):
@@ -84,6 +87,33 @@ def optimizer_step(optimizer, scaler, raw: nn.Module, ema, batch_scheduler, clip
         batch_scheduler.step()
 
 
+# --------------------------------------------------------------------------- divergence
+def diverged(what: str, value, where: str) -> utils.UserError:
+    """The one line that stops a run whose numbers went NaN/inf: what became what, where, and the ways out."""
+    return utils.UserError(
+        f"{what} became {value} ({where}); lower --lr, add --clip-grad 1.0 or use --amp bf16 instead of fp16"
+    )
+
+
+def check_finite(t: Trainer, train: dict, valid: dict | None, probs, where: str) -> None:
+    """Stop a diverged run after its epoch, before anything of that epoch is saved: with one optimiser step per
+    epoch the per-batch loss check never sees it, and a NaN model would still beat F1 -1 and become best.pt, then
+    a submission of NaN. Every rank raises alike (the losses are gathered and the weights synchronised)."""
+    import numpy as np
+
+    if not math.isfinite(train["loss"]):
+        raise diverged("training loss", train["loss"], where)
+    states = [t.eval_net.state_dict()] + ([t.raw.state_dict()] if t.ema is not None else [])
+    for state in states:  # what best.pt and last.pt would hold
+        bad = checkpoint.non_finite_tensor(state)
+        if bad is not None:
+            raise diverged(f"the weights ({bad})", "nan or inf", f"{where}, after training")
+    if valid is not None and not math.isfinite(valid["loss"]):
+        raise diverged("validation loss", valid["loss"], where)
+    if probs is not None and not np.isfinite(probs).all():
+        raise diverged("the validation probabilities", "nan or inf", where)
+
+
 # --------------------------------------------------------------------------- building a run's objects
 @dataclass
 class Trainer:
@@ -113,11 +143,12 @@ def build_model(args: argparse.Namespace, device: torch.device, pretrained: bool
     import torch
 
     net = models.create_model(
-        args.model, head=args.head, pretrained=pretrained, weights=args.weights, drop_rate=args.drop_rate
-    )
+        args.model, head=args.head, pretrained=pretrained, weights=args.weights, drop_rate=args.drop_rate,
+        age_head=args.age_head,
+    )  # fmt: skip
     data_cfg = getattr(net, "pretrained_cfg", None) or {}
-    mean = tuple(float(x) for x in data_cfg.get("mean", dataset.IMAGENET_MEAN))
-    std = tuple(float(x) for x in data_cfg.get("std", dataset.IMAGENET_STD))
+    mean = tuple(float(x) for x in data_cfg.get("mean", IMAGENET_MEAN))
+    std = tuple(float(x) for x in data_cfg.get("std", IMAGENET_STD))
     net.to(device)
     if args.channels_last:
         net.to(memory_format=torch.channels_last)
@@ -137,6 +168,8 @@ def step_config(args: argparse.Namespace, device: torch.device) -> StepConfig:
         cutmix_beta=args.cutmix_beta,
         mixup=args.mixup,
         log_interval=args.log_interval,
+        age_head=args.age_head,
+        old_threshold=args.age_old_threshold,
     )
 
 
@@ -146,10 +179,18 @@ def build_trainer(args: argparse.Namespace, net: nn.Module, loaders: tuple, mean
 
     train_loader, valid_loader, train_labels = loaders
     class_weight = losses.class_weights(train_labels, args.head) if args.class_weights == "balanced" else None
-    options = config.criterion_options(args.criterion, {dest: getattr(args, dest) for dest in config.CRITERION_FLAGS})
+    if class_weight is not None and args.age_head == "years":
+        print(
+            "warning: --class-weights balanced weights the mask and gender heads only: the years head's age loss "
+            "has no classes to weight, so it is unweighted (--sampler weighted draws the >=60 classes more often)",
+            file=sys.stderr,
+        )
+        class_weight = (*class_weight[:2], None)
+    options = config.criterion_options(args.criterion, vars(args))
     criterion = losses.build_loss(
-        args.criterion, head=args.head, head_weights=tuple(args.head_weights), class_weight=class_weight, **options
-    ).to(device)
+        args.criterion, head=args.head, head_weights=tuple(args.head_weights), class_weight=class_weight,
+        age_head=args.age_head, age_loss=args.age_loss, age_sigma=args.age_sigma, **options,
+    ).to(device)  # fmt: skip
     optimizer = optim.build_optimizer(net, args.optimizer, args.lr, args.weight_decay, args.momentum)
     steps_per_epoch = math.ceil(len(train_loader) / args.accum_steps)
     spec = optim.ScheduleSpec(

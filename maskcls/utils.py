@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from maskcls.registry import UnknownNameError
+
 INTERRUPTED = "interrupted; files already written are complete (rerun to resume)"
 
 
@@ -57,8 +59,6 @@ def run_main(main: Callable[[], Any]) -> None:
 
     Use as ``if __name__ == "__main__": run_main(lambda: main(get_args_parser().parse_args()))``.
     """
-    from maskcls.registry import UnknownNameError
-
     try:
         code = main()
     except (UserError, UnknownNameError) as e:
@@ -94,6 +94,15 @@ def exit_without_teardown(code: int | str | None) -> None:
 
 
 _IMPORTED = time.perf_counter()
+
+
+def progress_bar(iterable: Iterable | None = None, show: bool = True, **kwargs):
+    """tqdm's progress bar on stderr, drawn only when stderr is a terminal: in a log file or a pipe its ``\\r``
+    redraws would pile up into one endless line, and the scripts print their own lines there (train.py one per
+    epoch, crop_faces.py and inference.py a summary). ``show`` False: no bar either way (other DDP ranks)."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, disable=not (show and sys.stderr.isatty()), file=sys.stderr, **kwargs)
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -283,6 +292,12 @@ def read_csv_rows(path: str | os.PathLike, required: Sequence[str], what: str = 
     return out
 
 
+def bad_rows_error(path: str | os.PathLike, problems: list[str], fix: str) -> UserError:
+    """One UserError listing every bad row of a user-edited CSV (one per line), then how to fix them."""
+    lines = "\n".join(f"  {p}" for p in problems)
+    return UserError(f"{path} has {len(problems)} bad row(s):\n{lines}\nfix: {fix}")
+
+
 # --------------------------------------------------------------------------- images
 ROTATING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
@@ -370,6 +385,11 @@ def amp_dtype(amp: str, device):
     return torch.bfloat16
 
 
+def amp_name(dtype) -> str:
+    """How a run's mixed precision is recorded and printed (summary.json, the first line): bf16, fp16 or off."""
+    return {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(dtype), "off")
+
+
 def process_age() -> float:
     """Seconds since this process started (Linux: from /proc, interpreter start-up included; elsewhere since
     this file was imported)."""
@@ -410,8 +430,14 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
         return None
 
 
+# The suffix unique_dir adds to a taken name: _2, _3, ... (never _1, never a leading zero). A name's own trailing
+# number (effb3, lr1e-3, seed_01) does not match it.
+CLASH_SUFFIX = re.compile(r"_(?:[2-9]|[1-9][0-9]+)$")
+
+
 def unique_dir(parent: str | os.PathLike, name: str) -> Path:
-    """Create and return ``parent/name``, or ``name_2``, ``name_3``... if taken: never overwrite a run."""
+    """Create and return ``parent/name``, or ``name_2``, ``name_3``... if taken (CLASH_SUFFIX): never overwrite a
+    run."""
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
     candidate, n = parent / name, 1

@@ -1,6 +1,6 @@
 """Tiny real-layout datasets for tests: ``make_tiny_dataset(tmp_path / "data", n_persons=12)``.
 
-Writes DATASET.md's layout (train.csv, person folders of 7 images, eval/info.csv, eval images)
+Writes docs/DATASET.md's layout (train.csv, person folders of 7 images, eval/info.csv, eval images)
 with tiny images, plus ``eval/answers.csv`` (ImageID,ans) like synthetic_data.py. Image colour
 encodes the label (red = mask, green = gender, blue = age group) so a small model can learn it.
 With ``quirks=True`` it adds the real data's quirks: ``._*`` junk files, mixed / upper-case
@@ -67,7 +67,7 @@ def make_tiny_dataset(
 ) -> dict:
     """Write a tiny dataset under ``root`` (the --data-dir) and describe it.
 
-    size: (width, height) of every image, PIL order like DATASET.md's 384x512 (default 24x32,
+    size: (width, height) of every image, PIL order like docs/DATASET.md's 384x512 (default 24x32,
     portrait 3:4). persons: optional (id, gender, age) list overriding the generated ones.
     Returns {"data_dir": Path, "persons": [{"id","gender","race","age","path"}] in train.csv order,
     "labels": {rel path: 18-class label with threshold 60, labels as written (no fixes)},
@@ -184,3 +184,26 @@ def run_cli(module, argv: list[str], capsys) -> tuple[int, str, str]:
         run_main(lambda: module.main(module.get_args_parser().parse_args(argv)))
     out, err = capsys.readouterr()
     return exit_info.value.code, out, err
+
+
+_HOLD_LOCK = """import sys, time
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from maskcls import runs
+held = runs.lock_run_dir(Path(sys.argv[2]))
+held.__enter__()
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def hold_run_lock(run_dir: Path):
+    """A process that holds ``run_dir``'s lock (maskcls.runs.lock_run_dir), as a trainer does, until killed."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    argv = [sys.executable, "-c", _HOLD_LOCK, str(repo), str(run_dir)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "locked\n"
+    return proc

@@ -18,7 +18,10 @@ from helpers import make_tiny_dataset, read_rows, run_cli  # noqa: E402
 
 import audit_labels  # noqa: E402
 from maskcls import age_probe  # noqa: E402
-from maskcls import data as dataset  # noqa: E402
+from maskcls.audit import scoring  # noqa: E402
+from maskcls.audit.table import STEMS, Table  # noqa: E402
+from maskcls.fixes import read_label_fixes  # noqa: E402
+from maskcls.labels import NUM_CLASSES, age_group, age_group_names  # noqa: E402
 
 
 def audit(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -29,10 +32,10 @@ def audit(argv: list[str], capsys) -> tuple[int, str, str]:
 def test_robust_z_hand_computed():
     r = np.array([-2.0, -1.0, 0.0, 1.0, 2.0, 30.0])
     # median 0.5, absolute deviations 2.5 1.5 0.5 0.5 1.5 29.5 -> MAD 1.5, scale 1.4826 * 1.5
-    z = audit_labels.robust_z(r)
+    z = scoring.robust_z(r)
     assert z == pytest.approx((r - 0.5) / (1.4826 * 1.5))
     assert np.argmax(np.abs(z)) == 5, "one wild residual cannot inflate the scale that judges it"
-    assert np.isfinite(audit_labels.robust_z(np.zeros(4))).all()
+    assert np.isfinite(scoring.robust_z(np.zeros(4))).all()
 
 
 def test_person_median_ignores_one_broken_image():
@@ -84,11 +87,11 @@ def test_probe_fits_each_run_on_the_persons_it_trained_on(monkeypatch, tmp_path)
     monkeypatch.setattr(age_probe, "image_features", fake_features)
     monkeypatch.setattr(age_probe, "fit_predict", record_fit)
     monkeypatch.setattr(age_probe, "feature_net", lambda net, head, name: net)
-    import inference
+    from maskcls import predict
 
     ckpt = {"meta": {"head": "multi", "model": "m"}}
-    monkeypatch.setattr(inference, "resolve_checkpoint", lambda run, choice: (run, ckpt))
-    monkeypatch.setattr(inference, "load_net", lambda ckpt, path: None)
+    monkeypatch.setattr(predict, "resolve_checkpoint", lambda run, choice: (run, ckpt))
+    monkeypatch.setattr(predict, "load_net", lambda ckpt, path: None)
     valid = [np.arange(0, n, 3), np.arange(1, n, 3), np.arange(2, n, 3)]
     paths = [[tmp_path / f"{i}_{k}.jpg" for k in range(per)] for i in range(n)]
     est = age_probe.probe_ages([tmp_path / "a", tmp_path / "b", tmp_path / "c"], valid, paths, written, device="cpu")
@@ -100,15 +103,15 @@ def test_probe_fits_each_run_on_the_persons_it_trained_on(monkeypatch, tmp_path)
 
 
 # --------------------------------------------------------------------------- years suspects
-def years_table(ages: list[int]) -> audit_labels.Table:
+def years_table(ages: list[int]) -> Table:
     n = len(ages)
-    probs = np.full((n, 7, dataset.NUM_CLASSES), 1.0 / dataset.NUM_CLASSES)
-    labels = np.array([[dataset.age_group(a)] * 7 for a in ages])  # mask wear, male: class = age group
-    return audit_labels.Table(
+    probs = np.full((n, 7, NUM_CLASSES), 1.0 / NUM_CLASSES)
+    labels = np.array([[age_group(a)] * 7 for a in ages])  # mask wear, male: class = age group
+    return Table(
         ids=[f"{i:06d}" for i in range(n)],
         folders=[f"{i:06d}_male_Asian_{a}" for i, a in enumerate(ages)],
         ages=np.array(ages),
-        files=[[f"{s}.jpg" for s in audit_labels.STEMS] for _ in range(n)],
+        files=[[f"{s}.jpg" for s in STEMS] for _ in range(n)],
         labels=labels,
         probs=probs,
         owner=np.zeros(n, dtype=np.int64),
@@ -124,7 +127,7 @@ def test_years_suspects_rank_by_years_not_groups():
     estimate[-2] = 31.0  # a 58 that looks 31: the years are wrong, the group may not be
     estimate[-1] = 57.5  # a 60 that looks 57: boundary
     table = years_table(ages)
-    rows = audit_labels.years_suspects(dataset.age_group_names(), table.probs[..., :3], estimate, table, 3.0)
+    rows = scoring.years_suspects(age_group_names(), table.probs[..., :3], estimate, table, 3.0)
     by_person = {s.person: s for s in rows}
     n = len(ages)
     assert by_person[n - 4].flagged and by_person[n - 4].suggested == "30-59" and by_person[n - 4].value == "32"
@@ -139,6 +142,7 @@ def test_years_suspects_rank_by_years_not_groups():
 
 
 # --------------------------------------------------------------------------- the CLI
+@pytest.mark.slow
 def test_cli_with_a_planted_estimate(monkeypatch, tmp_path, capsys):
     tiny = make_tiny_dataset(tmp_path / "data", n_persons=60, n_eval=1)
     ids = [p["id"] for p in tiny["persons"]]
@@ -162,7 +166,7 @@ def test_cli_with_a_planted_estimate(monkeypatch, tmp_path, capsys):
     rows = [r for r in read_rows(out / "label_audit.csv") if r["field"] == "age"]
     assert rows[0]["id"] == ids[wrong] and rows[0]["flagged"] == "1"
     assert [r["id"] for r in rows if r["flagged"] == "1"] == [ids[wrong]]
-    fixes = [f for f in dataset.read_label_fixes(out / "label_fixes_suggested.csv") if f.field == "age"]
+    fixes = [f for f in read_label_fixes(out / "label_fixes_suggested.csv") if f.field == "age"]
     assert [(f.id, f.value) for f in fixes] == [(ids[wrong], "20" if ages[wrong] >= 45 else "58")]
     probe_rows = read_rows(out / "age_probe.csv")
     assert [r["id"] for r in probe_rows] == ids and list(probe_rows[0]) == ["id", "given_age", "estimate", "residual"]

@@ -1,5 +1,5 @@
-"""audit_labels.py and bench/audit_quality.py: pure scoring functions, the CLI on fabricated fold runs with
-planted label errors (tests/fake_oof.py), the refusals, and one real tiny train.py --fold all run."""
+"""audit_labels.py (maskcls/audit/) and bench/audit_quality.py: pure scoring functions, the CLI on fabricated fold
+runs with planted label errors (tests/fake_oof.py), the refusals, and one real tiny train.py --fold all run."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ from fake_oof import Plant, write_fake_oof_runs  # noqa: E402
 from helpers import make_tiny_dataset, read_rows, run_cli  # noqa: E402
 
 import audit_labels  # noqa: E402
-from maskcls import data as dataset  # noqa: E402
+from maskcls.audit import report, scoring, table  # noqa: E402
+from maskcls.fixes import MASK_SWAP, read_label_fixes  # noqa: E402
+from maskcls.labels import MASK_BY_STEM, age_group, decode_label  # noqa: E402
 
 N_PERSONS = 120
 
@@ -31,14 +33,14 @@ def audit(argv: list[str], capsys) -> tuple[int, str, str]:
 
 # --------------------------------------------------------------------------- pure functions
 def test_stems_are_datasets_order():
-    assert tuple(dataset.MASK_BY_STEM) == audit_labels.STEMS
+    assert tuple(MASK_BY_STEM) == table.STEMS
 
 
 def test_task_marginals_match_decode_label():
     rng = np.random.default_rng(0)
     p = rng.dirichlet(np.ones(18), size=5)
-    mask, gender, age = audit_labels.task_marginals(p)
-    m, g, a = dataset.decode_label(np.arange(18))
+    mask, gender, age = scoring.task_marginals(p)
+    m, g, a = decode_label(np.arange(18))
     for c in range(3):
         np.testing.assert_allclose(mask[:, c], p[:, m == c].sum(axis=1))
         np.testing.assert_allclose(age[:, c], p[:, a == c].sum(axis=1))
@@ -52,31 +54,31 @@ def test_combine_images_lets_the_unmasked_pictures_decide():
     person = np.array([[0.7, 0.3]] * 5 + [[0.02, 0.98]] * 2)
     prior = np.array([[[0.5, 0.5]] * 7])
     both = np.concatenate([person[None], prior])  # a second person at the prior fixes the model's mean at ~0.5
-    combined = audit_labels.combine_images(both)
+    combined = scoring.combine_images(both)
     assert person.mean(axis=0)[1] < 0.5 and combined[0, 1] > 0.9
     # the prior counts once: a person whose images all say exactly the prior gets the prior back
     skewed = np.array([[[0.4, 0.6]] * 7] * 3)
-    np.testing.assert_allclose(audit_labels.combine_images(skewed), [[0.4, 0.6]] * 3)
+    np.testing.assert_allclose(scoring.combine_images(skewed), [[0.4, 0.6]] * 3)
     # a consistent disagreement of 7 images is far more certain than an unsure lean of a few
     lean = np.array([[0.45, 0.55]] * 3 + [[0.55, 0.45]] * 4)
     clear = np.array([[0.2, 0.8]] * 7)
-    c = audit_labels.combine_images(np.stack([lean, clear, 1 - clear]))
+    c = scoring.combine_images(np.stack([lean, clear, 1 - clear]))
     assert c[1, 1] > 0.99 and 0.3 < c[0, 1] < 0.7
     # one broken image (certain of the other class) does not veto two confident unmasked pictures
     broken = np.array([[0.5, 0.5]] * 4 + [[1.0, 0.0]] + [[0.05, 0.95]] * 2)
-    assert audit_labels.combine_images(np.stack([broken, 1 - broken]))[0, 1] > 0.5
+    assert scoring.combine_images(np.stack([broken, 1 - broken]))[0, 1] > 0.5
 
 
 def test_swap_probability_and_the_symmetric_pair_task():
     looks_swapped = (np.array([[0.02, 0.03, 0.95]]), np.array([[0.02, 0.9, 0.08]]))  # incorrect_mask, normal
-    assert audit_labels.swap_probability(*looks_swapped, np.array([False]))[0] > 0.99
-    assert audit_labels.swap_probability(*looks_swapped, np.array([True]))[0] < 0.01  # already fixed: fine
+    assert scoring.swap_probability(*looks_swapped, np.array([False]))[0] > 0.99
+    assert scoring.swap_probability(*looks_swapped, np.array([True]))[0] < 0.01  # already fixed: fine
     ids = [f"{i:06d}" for i in range(200)]
     p = np.full(200, 0.01)
-    labels, pred = audit_labels.pair_task(ids, p)
+    labels, pred = scoring.pair_task(ids, p)
     assert 60 < labels.sum() < 140, "both classes populated"
     np.testing.assert_allclose(pred[np.arange(200), labels], 0.99)
-    assert np.array_equal(labels, audit_labels.pair_task(ids, p)[0]), "deterministic"
+    assert np.array_equal(labels, scoring.pair_task(ids, p)[0]), "deterministic"
 
 
 # --------------------------------------------------------------------------- the CLI on fabricated runs
@@ -89,7 +91,7 @@ def planted(tiny: dict) -> Plant:
     persons = tiny["persons"]
 
     def other_group(i: int) -> int:
-        return 0 if dataset.age_group(persons[i]["age"]) != 0 else 2
+        return 0 if age_group(persons[i]["age"]) != 0 else 2
 
     ids = [p["id"] for p in persons]
     return Plant(
@@ -100,6 +102,7 @@ def planted(tiny: dict) -> Plant:
     )
 
 
+@pytest.mark.slow
 def test_finds_the_planted_errors_in_order(tiny, tmp_path, capsys):
     plant = planted(tiny)
     runs = write_fake_oof_runs(tmp_path / "runs", tiny, plant, folds=3)
@@ -108,8 +111,8 @@ def test_finds_the_planted_errors_in_order(tiny, tmp_path, capsys):
     assert code == 0, err
     assert all(f"[{k}/5 " in stdout for k in range(1, 6)), "a progress line per step"
     rows = read_rows(out / "label_audit.csv")
-    assert list(rows[0]) == list(audit_labels.AUDIT_COLUMNS)
-    by_field = {f: [r for r in rows if r["field"] == f] for f in audit_labels.FIELDS}
+    assert list(rows[0]) == list(report.AUDIT_COLUMNS)
+    by_field = {f: [r for r in rows if r["field"] == f] for f in scoring.FIELDS}
     for field, wrong in (("gender", plant.gender), ("age", set(plant.age)), ("mask_swap", plant.swap)):
         flagged = {r["id"] for r in by_field[field] if r["flagged"] == "1"}
         assert flagged == wrong, field
@@ -122,7 +125,7 @@ def test_finds_the_planted_errors_in_order(tiny, tmp_path, capsys):
     scores = [float(r["score"]) for r in rows if r["flagged"] == "1"]
     assert scores == sorted(scores)
     # the suggestions: label_fixes.csv's format, the true values (an age in the true group)
-    fixes = dataset.read_label_fixes(out / "label_fixes_suggested.csv")
+    fixes = read_label_fixes(out / "label_fixes_suggested.csv")
     assert (out / "label_fixes_suggested.csv").read_text().splitlines()[0] == "id,field,value"
     truth_gender = {p["id"]: ("female" if p["gender"] == "male" else "male") for p in tiny["persons"]}
     assert {(f.id, f.field) for f in fixes} == {(i, "gender") for i in plant.gender} | {
@@ -132,13 +135,13 @@ def test_finds_the_planted_errors_in_order(tiny, tmp_path, capsys):
         if f.field == "gender":
             assert f.value == truth_gender[f.id]
         elif f.field == "age":
-            assert dataset.age_group(int(f.value)) == plant.age[f.id]
+            assert age_group(int(f.value)) == plant.age[f.id]
         else:
-            assert f.value == dataset.MASK_SWAP
+            assert f.value == MASK_SWAP
     age_rows = [r for r in by_field["age"] if r["flagged"] == "1"]
     assert all("placeholder" in r["evidence"] for r in age_rows)
     with Image.open(out / "label_audit_sheet.png") as sheet:
-        assert sheet.width > 7 * audit_labels.THUMB[0] and sheet.height > audit_labels.THUMB[1]
+        assert sheet.width > 7 * report.THUMB[0] and sheet.height > report.THUMB[1]
     summary = json.loads((out / "label_audit_summary.json").read_text())
     assert summary["counts"]["gender"]["flagged"] == len(plant.gender)
     assert summary["trained_with_label_fixes"] == "none" and summary["already_fixed"] == []
@@ -151,9 +154,9 @@ def test_finds_the_planted_errors_in_order(tiny, tmp_path, capsys):
 
 
 def test_years_to_group():
-    assert [audit_labels.years_to_group(a, 2) for a in (60, 59, 57, 56, 30)] == [0, 1, 3, 4, 30]
-    assert [audit_labels.years_to_group(a, 0) for a in (29, 30, 32, 33, 58)] == [0, 1, 3, 4, 29]
-    assert [audit_labels.years_to_group(a, 1) for a in (29, 27, 26, 60, 63)] == [1, 3, 4, 1, 4]
+    assert [scoring.years_to_group(a, 2) for a in (60, 59, 57, 56, 30)] == [0, 1, 3, 4, 30]
+    assert [scoring.years_to_group(a, 0) for a in (29, 30, 32, 33, 58)] == [0, 1, 3, 4, 29]
+    assert [scoring.years_to_group(a, 1) for a in (29, 27, 26, 60, 63)] == [1, 3, 4, 1, 4]
 
 
 def test_age_suggestions_next_to_the_group_are_listed_not_flagged(tiny, tmp_path, capsys):
@@ -172,7 +175,7 @@ def test_age_suggestions_next_to_the_group_are_listed_not_flagged(tiny, tmp_path
         rows = [r for r in read_rows(out / "label_audit.csv") if r["field"] == "age"]
         assert near.keys() <= {r["id"] for r in rows}, "boundary suspects stay listed"
         flagged[margin] = {r["id"] for r in rows if r["flagged"] == "1"}
-        suggested = {f.id for f in dataset.read_label_fixes(out / "label_fixes_suggested.csv") if f.field == "age"}
+        suggested = {f.id for f in read_label_fixes(out / "label_fixes_suggested.csv") if f.field == "age"}
         assert suggested == flagged[margin]
         if margin == "3":
             evidence = {r["id"]: r["evidence"] for r in rows}
@@ -194,7 +197,7 @@ def test_fold_all_parent_and_already_fixed_persons(tmp_path, capsys):
     rows = {(r["id"], r["field"]): r for r in read_rows(out / "label_audit.csv")}
     for key in (("006359", "gender"), ("000020", "mask_swap")):
         assert rows[key]["flagged"] == "1" and "already fixed in label_fixes.csv" in rows[key]["evidence"]
-    assert dataset.read_label_fixes(out / "label_fixes_suggested.csv") == [], "no second line for a fixed id"
+    assert read_label_fixes(out / "label_fixes_suggested.csv") == [], "no second line for a fixed id"
     assert "label_fixes.csv corrects 2 person(s) of this data; 2 are suspects: 006359, 000020" in stdout
     assert json.loads((out / "label_audit_summary.json").read_text())["already_fixed"] == ["006359", "000020"]
 
@@ -259,12 +262,12 @@ def test_quality_helper_hand_computed(tmp_path):
     audit_dir = tmp_path / "audit"
     audit_dir.mkdir()
     with open(audit_dir / "label_audit.csv", "w") as f:
-        f.write(",".join(audit_labels.AUDIT_COLUMNS) + "\n")
+        f.write(",".join(report.AUDIT_COLUMNS) + "\n")
         for pid, field, flagged, file in ranked:
             f.write(f"{pid},{folder[pid]}{'/' + file if file else ''},{field},a,b,0.1,{flagged},e\n")
     args = audit_quality.get_args_parser().parse_args(["--data-dir", str(tmp_path / "data"), "--audit", str(audit_dir)])
-    report = audit_quality.main(args)
-    g, a, s, im = (report["fields"][k] for k in audit_quality.MEASURED)
+    quality = audit_quality.main(args)
+    g, a, s, im = (quality["fields"][k] for k in audit_quality.MEASURED)
     assert g["errors"] == 2 and g["recommended"] == {"k": 2, "found": 1, "precision": 0.5, "recall": 0.5}
     assert g["top_2x"] == {"k": 4, "found": 2, "precision": 2 / 3, "recall": 1.0}  # only 3 gender rows listed
     assert a["errors"] == 1 and a["recommended"] == {"k": 1, "found": 0, "precision": 0.0, "recall": 0.0}
@@ -272,11 +275,12 @@ def test_quality_helper_hand_computed(tmp_path):
     assert s["recommended"] == {"k": 1, "found": 1, "precision": 1.0, "recall": 1.0}
     assert im["errors"] == 2 and im["recommended"] == {"k": 2, "found": 2, "precision": 1.0, "recall": 1.0}
     assert im["top_2x"] == {"k": 4, "found": 2, "precision": 2 / 3, "recall": 1.0}
-    assert report["known"] and not any(k["wrong_in_data"] for k in report["known"]), "none of the 11 ids here"
+    assert quality["known"] and not any(k["wrong_in_data"] for k in quality["known"]), "none of the 11 ids here"
     assert json.loads((audit_dir / "audit_quality.json").read_text())["fields"]["gender"]["errors"] == 2
 
 
 # --------------------------------------------------------------------------- with real train.py runs
+@pytest.mark.slow
 def test_audits_a_real_fold_all_run(tmp_path, capsys):
     import train
 
@@ -289,14 +293,14 @@ def test_audits_a_real_fold_all_run(tmp_path, capsys):
     assert code == 0, err
     assert "12 persons, 84 images, each validated once: folds 0, 1 of 2" in stdout
     assert (tmp_path / "audit" / "label_audit.csv").is_file()
-    dataset.read_label_fixes(tmp_path / "audit" / "label_fixes_suggested.csv")
+    read_label_fixes(tmp_path / "audit" / "label_fixes_suggested.csv")
     # --age-probe reads the runs' checkpoints (age_probe.py)
     out = tmp_path / "probe"
     code, stdout, err = audit(["--runs", str(tmp_path / "runs" / "cv"), "--out", str(out), "--age-probe"], capsys)
     assert code == 0, err
     estimates = read_rows(out / "age_probe.csv")
     assert len(estimates) == 12 and all(np.isfinite(float(r["estimate"])) for r in estimates)
-    dataset.read_label_fixes(out / "label_fixes_suggested.csv")
+    read_label_fixes(out / "label_fixes_suggested.csv")
     code, _, err = audit(
         ["--runs", str(tmp_path / "runs" / "cv"), "--out", str(out), "--age-probe", "--checkpoint", "nope.pt"], capsys
     )

@@ -51,8 +51,19 @@ Interruptions (tests/test_interruptions.py)
   result as an uninterrupted run ........... test_killed_training_resumes_to_the_same_result,
                                              test_resume_removes_the_killed_process_temp_files
                                              (in-process --stop-after: test_train.py::test_resume_continues_exactly)
-  truncated last.pt -> best.pt ............. test_truncated_last_pt_falls_back_to_best_pt
-                                             (function level: test_train.py::test_corrupt_last_pt)
+  truncated last.pt -> best.pt, the corrupt
+  file and the dropped log rows kept ....... test_truncated_last_pt_falls_back_to_best_pt (issue 26, probe 8b),
+                                             test_train.py::test_resume_from_best_pt_keeps_the_corrupt_last_pt_and_
+                                             the_dropped_log_rows (probe 8; function level: test_corrupt_last_pt)
+  a second trainer of one run directory .... test_train.py::test_a_second_trainer_of_a_run_is_refused_in_one_line,
+                                             test_runs.py::test_a_run_directory_is_locked_by_one_process_until_it_dies
+  sweep worker kill -9: its training dies,
+  a takeover waits for a living trainer .... test_sweep.py::test_a_worker_killed_with_kill_9_takes_its_training_with_it,
+                                             test_sweep.py::test_a_run_another_process_trains_is_waited_for
+  diverged run (NaN): stops, no NaN best.pt,
+  no NaN submission ........................ test_train.py::test_a_diverged_run_stops_and_saves_no_nan_model,
+                                             test_inference.py::test_a_diverged_model_writes_no_submission,
+                                             test_ensemble.py::test_a_member_with_nan_probabilities_is_refused_in_one_line
   GPU failure mid-run ...................... test_gpu_failure_mid_run_is_one_line_naming_resume,
                                              test_worker_error_unwrapping_keeps_other_errors
 Trust
@@ -89,7 +100,7 @@ import dataset as dataset_cli
 import ensemble
 import inference
 import train
-from maskcls import checkpoint, config, utils
+from maskcls import checkpoint, config, predict, runs, utils
 from maskcls.failures import user_facing_error
 from maskcls.images import ImageCache
 from maskcls.labels import NUM_CLASSES
@@ -267,6 +278,7 @@ def test_image_cache_names_the_corrupt_file(tiny, tmp_path):
         assert message.startswith(f"cannot read image {bad}: ") and reason in message and "\n" not in message
 
 
+@pytest.mark.slow
 def test_corrupt_image_during_training_is_one_line(data_copy, tmp_path):
     """A corrupt image met by a DataLoader *worker* is one line naming it, not torch's worker traceback."""
     victim = sorted((data_copy / "train" / "images").rglob("incorrect_mask.*"))[1]
@@ -375,7 +387,7 @@ def test_damaged_checkpoint_is_not_called_malicious(tmp_path, capsys):
         checkpoint.load_checkpoint(garbage)
     assert "refusing" not in str(e.value)
     with pytest.raises(UserError, match="cannot read checkpoint .*corrupt") as e:
-        inference.load_checkpoint(garbage)
+        predict.load_checkpoint(garbage)
     assert "refusing" not in str(e.value)
 
 
@@ -410,7 +422,7 @@ def test_output_dir_that_cannot_exist_is_one_line(tiny, tmp_path, capsys):
     ids = ["a.jpg", "b.jpg", "c.jpg"]
     utils.atomic_save_npy(members / "eval_probs.npy", probs)
     utils.atomic_write_csv(members / "submission.csv", ["ImageID", "ans"], [(i, 0) for i in ids])
-    utils.atomic_write_json(members / "eval_meta.json", {"n": 3, "ids_sha1": ensemble.ids_sha1(ids)})
+    utils.atomic_write_json(members / "eval_meta.json", {"n": 3, "ids_sha1": runs.ids_sha1(ids)})
     code, _, err = inline(
         ensemble_main, ["--mode", "soft", "--runs", str(members), "--out", str(blocker / "s.csv")], capsys
     )
@@ -445,6 +457,7 @@ def test_disk_full_or_permission_denied_is_one_line_no_temp_left(tiny, tmp_path,
     assert [p.name for p in out.parent.iterdir()] == ["folds.csv"], "no temp file left behind"
 
 
+@pytest.mark.slow
 def test_checkpoint_write_failure_is_one_line_and_keeps_the_old_file(tmp_path):
     """A real failed write (file size limit, as on a full disk): torch's RuntimeError becomes one line."""
     path = tmp_path / "last.pt"
@@ -484,6 +497,7 @@ def test_remove_temp_files_only_touches_atomic_temps(tmp_path):
     assert utils.remove_temp_files(tmp_path / "missing") == 0
 
 
+@pytest.mark.slow
 def test_gpu_failure_mid_run_is_one_line_naming_resume(tiny, tmp_path, monkeypatch, capsys):
     """A CUDA error of a flaky server (simulated on CPU) says how to continue instead of a traceback."""
     calls = {"n": 0}

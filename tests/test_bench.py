@@ -17,6 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
+pytestmark = pytest.mark.slow  # every bench script, run for real (make test-fast skips them)
 
 import common  # noqa: E402
 
@@ -68,9 +69,9 @@ def test_bench_data_is_cached_with_crops(out):
         data_dir / "eval" / "crops_manifest.csv"
     ).is_file()
     assert common.data_summary(data_dir)["crops"] == "center"
-    from maskcls import data as dataset
+    from maskcls.tables import build_image_table
 
-    crops, photos = (dataset.build_image_table(data_dir, d, log=None) for d in ("crops", "images"))
+    crops, photos = (build_image_table(data_dir, d, log=None) for d in ("crops", "images"))
     assert [r.rel for r in crops] == [r.rel for r in photos] and len(crops) == 21
 
 

@@ -1,9 +1,11 @@
-"""crop_faces.py: crops contain the face (EXIF applied), fallback/override/error rows, mirror tree, reruns."""
+"""crop_faces.py and maskcls.crop: crops contain the face (EXIF applied), fallback/override/error rows, reruns."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
+import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +21,20 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 from crop_speed import compose_face_photo  # noqa: E402
 
 import crop_faces  # noqa: E402
-from maskcls.utils import UserError  # noqa: E402
+from maskcls.crop.detector import DetectorLoader, FaceDetector  # noqa: E402
+from maskcls.crop.geometry import DEFAULT_MARGIN, box_iou, crop_region, fallback_boxes, select_face, snap_min_face_size  # noqa: E402
+from maskcls.crop.manifest import (  # noqa: E402
+    BOX_COLUMNS,
+    MANIFEST_COLUMNS,
+    MANIFEST_NAME,
+    PARTIAL_NAME,
+    read_manifest,
+    read_overrides,
+    write_manifest,
+)
+from maskcls.crop.preview import PREVIEW_NAME  # noqa: E402
+from maskcls.crop.runner import crop_split, summary_line  # noqa: E402
+from maskcls.utils import UserError, atomic_write_csv  # noqa: E402
 
 P1, P2 = "000001_female_Asian_45", "000002_male_Asian_61"
 OVERRIDE_BOX = (60.0, 80.0, 300.0, 380.0)
@@ -90,9 +105,9 @@ def _stats(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 def _manifest(split_dir: Path) -> dict[str, dict[str, str]]:
-    with open(split_dir / crop_faces.MANIFEST_NAME, newline="") as f:
+    with open(split_dir / MANIFEST_NAME, newline="") as f:
         reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames) == crop_faces.MANIFEST_COLUMNS
+        assert tuple(reader.fieldnames) == MANIFEST_COLUMNS
         return {row["path"]: row for row in reader}
 
 
@@ -118,8 +133,9 @@ def dataset(tmp_path_factory):
     broken.write_bytes(broken.read_bytes()[:3000])
     for split, rel in STRAYS.items():
         shutil.copy(root / split / "images" / next(iter(FACES[split])), root / split / "images" / rel)
-    for junk in (root / "train" / "images" / P1 / "._normal.jpg", root / "eval" / "images" / "._face.jpg"):
-        junk.write_bytes(b"\x00\x05\x16\x07 resource fork")
+    # Dot-files are never photos (maskcls.labels.is_image_name): not cropped, not even counted as left out.
+    for junk in ("train/images/" + P1 + "/._normal.jpg", "eval/images/._face.jpg", "eval/images/.hidden.jpg"):
+        (root / junk).write_bytes(b"\x00\x05\x16\x07 resource fork")
     (root / "train" / "train.csv").write_text(
         f"id,gender,race,age,path\n000001,female,Asian,45,{P1}\n000002,male,Asian,61,{P2}\n"
     )
@@ -157,7 +173,7 @@ def test_mirror_tree_and_manifest_complete(dataset):
                 x1, y1, x2, y2 = (int(row[f"crop_{k}"]) for k in ("x1", "y1", "x2", "y2"))
                 assert im.size == (x2 - x1, y2 - y1)
                 assert 0 <= x1 < x2 <= 384 and 0 <= y1 < y2 <= 512  # upright frame, clipped
-        assert not (split_dir / crop_faces.PARTIAL_NAME).exists()
+        assert not (split_dir / PARTIAL_NAME).exists()
 
 
 def test_only_listed_photos_are_cropped(dataset, tmp_path):
@@ -166,9 +182,9 @@ def test_only_listed_photos_are_cropped(dataset, tmp_path):
         assert stray not in _manifest(split_dir) and not (split_dir / "crops" / stray).exists()
     split_dir = tmp_path / "eval"
     shutil.copytree(dataset["root"] / "eval", split_dir)
-    result = crop_faces.crop_split(split_dir, crop_faces.DetectorLoader(device="cpu"), progress=False)
+    result = crop_split(split_dir, DetectorLoader(device="cpu"), progress=False)
     assert result.left_out == [STRAYS["eval"]] and result.processed == 1  # only the broken file is retried
-    line = crop_faces.summary_line("eval", result)
+    line = summary_line("eval", result)
     assert line.endswith(f"left out 1 file(s) under images/ that info.csv does not list (e.g. {STRAYS['eval']})")
 
 
@@ -194,7 +210,7 @@ def test_crops_contain_the_known_face(dataset):
                 continue
             assert row["method"] == "mtcnn", rel
             assert 0.9 <= float(row["prob"]) <= 1.0
-            assert crop_faces.box_iou(_box(row), face) > 0.7, rel
+            assert box_iou(_box(row), face) > 0.7, rel
             cx1, cy1, cx2, cy2 = _box(row, "crop_")
             assert cx1 <= face[0] + 5 and cy1 <= face[1] + 5 and cx2 >= face[2] - 5 and cy2 >= face[3] - 5, rel
 
@@ -205,7 +221,7 @@ def test_exif_rotated_photo_is_cropped_upright(dataset):
         assert im.size == (512, 384) and ImageOps.exif_transpose(im).size == (384, 512)
     row = _manifest(dataset["root"] / "train")[f"{P1}/mask2.jpeg"]
     assert row["method"] == "mtcnn"
-    assert crop_faces.box_iou(_box(row), dataset["truth"]["train"][f"{P1}/mask2.jpeg"]) > 0.7
+    assert box_iou(_box(row), dataset["truth"]["train"][f"{P1}/mask2.jpeg"]) > 0.7
     with Image.open(dataset["root"] / "train" / "crops" / P1 / "mask2.jpeg") as crop:
         assert crop.height > crop.width and crop.getexif().get(0x0112, 1) == 1
 
@@ -230,7 +246,7 @@ def test_fallback_uses_person_then_split_median(dataset):
 def test_override_wins(dataset):
     row = _manifest(dataset["root"] / "train")[f"{P2}/mask1.jpg"]
     assert row["method"] == "override" and _box(row) == OVERRIDE_BOX
-    assert _box(row, "crop_") == crop_faces.crop_region(OVERRIDE_BOX, crop_faces.DEFAULT_MARGIN, 384, 512)
+    assert _box(row, "crop_") == crop_region(OVERRIDE_BOX, DEFAULT_MARGIN, 384, 512)
 
 
 def test_truncated_jpeg_is_an_error_row(dataset):
@@ -241,7 +257,7 @@ def test_truncated_jpeg_is_an_error_row(dataset):
 
 def test_preview_written(dataset):
     for split in FACES:
-        with Image.open(dataset["root"] / split / crop_faces.PREVIEW_NAME) as im:
+        with Image.open(dataset["root"] / split / PREVIEW_NAME) as im:
             assert im.format == "PNG" and im.width > 100
 
 
@@ -250,27 +266,70 @@ def test_rerun_does_nothing_and_force_redoes(dataset, tmp_path):
     shutil.copytree(dataset["root"], root)  # copy2 keeps mtimes: crops stay newer than sources
     args = ("--overrides", str(dataset["overrides"]))
     before = {split: _stats(root / split) for split in FACES}
-    eval_manifest = (root / "eval" / crop_faces.MANIFEST_NAME).read_text()
+    eval_manifest = (root / "eval" / MANIFEST_NAME).read_text()
     with pytest.raises(UserError, match="could not be cropped"):
         _run(root, *args)  # the broken file is retried, and still broken
     after = {split: _stats(root / split) for split in FACES}
     assert after["train"] == before["train"]  # not one file rewritten, manifest included
     crops = {rel: st for rel, st in after["eval"].items() if rel.startswith("crops/")}
     assert crops == {rel: st for rel, st in before["eval"].items() if rel.startswith("crops/")}
-    assert (root / "eval" / crop_faces.MANIFEST_NAME).read_text() == eval_manifest
+    assert (root / "eval" / MANIFEST_NAME).read_text() == eval_manifest
 
     # Dropping the override makes that one crop stale; the rest stays.
     assert _run(root, "--splits", "train") == 0
     rows = _manifest(root / "train")
     assert rows[f"{P2}/mask1.jpg"]["method"] == "mtcnn"
     changed = {rel for rel, st in _stats(root / "train").items() if st != after["train"].get(rel)}
-    assert changed == {f"crops/{P2}/mask1.jpg", crop_faces.MANIFEST_NAME}
+    assert changed == {f"crops/{P2}/mask1.jpg", MANIFEST_NAME}
 
     previous = _stats(root / "train" / "crops")
     assert _run(root, "--splits", "train", "--force") == 0
     redone = _stats(root / "train" / "crops")
     assert redone.keys() == previous.keys()
     assert all(redone[rel][0] != previous[rel][0] for rel in redone)  # each one replaced by a new file
+
+
+def test_a_replaced_photo_with_its_old_mtime_is_cropped_again(dataset, tmp_path):
+    """Issue 26.2: a photo replaced by another of the same byte size, its mtime restored (``cp -p``, a backup)."""
+    root = tmp_path / "data"
+    shutil.copytree(dataset["root"], root)
+    photo = root / "train" / "images" / P1 / "normal.jpg"
+    old = photo.stat()
+    other, face = compose_face_photo(160, (210, 270), "gradient", seed=99)  # another face, elsewhere
+    buf = io.BytesIO()
+    other.save(buf, "JPEG", quality=70)
+    assert len(buf.getvalue()) < old.st_size
+    photo.write_bytes(buf.getvalue().ljust(old.st_size, b"\0"))  # bytes after the JPEG's end: same size, same pixels
+    os.utime(photo, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert (photo.stat().st_size, photo.stat().st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+    before = _stats(root / "train")
+    assert _run(root, "--splits", "train", "--overrides", str(dataset["overrides"])) == 0
+    changed = {rel for rel, st in _stats(root / "train").items() if st != before.get(rel)}
+    assert changed == {f"crops/{P1}/normal.jpg", MANIFEST_NAME}  # that crop alone, the others untouched
+    row = _manifest(root / "train")[f"{P1}/normal.jpg"]
+    assert row["method"] == "mtcnn" and box_iou(_box(row), face) > 0.7  # the new face
+    assert row["photo_sha1"] == hashlib.sha1(photo.read_bytes()).hexdigest()
+
+
+def test_a_manifest_without_photo_hashes_is_kept_and_completed(dataset, tmp_path):
+    """A manifest written before the photo_bytes/photo_sha1 columns: its crops are kept as they are (not even
+    rewritten), and the next run records each photo's size and sha1."""
+    split_dir = tmp_path / "data" / "train"
+    shutil.copytree(dataset["root"] / "train", split_dir)
+    rows = read_manifest(split_dir / MANIFEST_NAME)
+    legacy = [row.cells()[: len(BOX_COLUMNS)] for row in rows.values()]
+    atomic_write_csv(split_dir / MANIFEST_NAME, BOX_COLUMNS, legacy)
+    assert all(row.photo is None for row in read_manifest(split_dir / MANIFEST_NAME).values())
+    crops = _stats(split_dir / "crops")
+    overrides = {rel: box for split, rel, box in OVERRIDES if split == "train"}
+    result = crop_split(split_dir, DetectorLoader(device="cpu"), overrides=overrides, progress=False)
+    assert result.processed == 0 and _stats(split_dir / "crops") == crops
+    assert read_manifest(split_dir / MANIFEST_NAME) == rows  # the signatures recorded, as a fresh run records them
+    for rel, row in rows.items():
+        assert row.photo == (
+            (split_dir / "images" / rel).stat().st_size,
+            hashlib.sha1((split_dir / "images" / rel).read_bytes()).hexdigest(),
+        )
 
 
 def test_size_resizes_without_squashing(dataset, tmp_path):
@@ -291,20 +350,20 @@ def test_resume_after_kill(dataset, tmp_path):
     """A run killed midway left a partial manifest, some crops and a temp file: the rerun finishes it."""
     split_dir = tmp_path / "data" / "train"
     shutil.copytree(dataset["root"] / "train", split_dir)
-    manifest = split_dir / crop_faces.MANIFEST_NAME
-    rows = crop_faces.read_manifest(manifest)
+    manifest = split_dir / MANIFEST_NAME
+    rows = read_manifest(manifest)
     done = {rel: row for rel, row in rows.items() if rel.startswith(P1)}
-    crop_faces.write_manifest(split_dir / crop_faces.PARTIAL_NAME, done)
+    write_manifest(split_dir / PARTIAL_NAME, done)
     manifest.unlink()
     for rel in rows.keys() - done.keys():
         (split_dir / "crops" / rel).unlink()
     temp = split_dir / "crops" / P2 / ".normal.jpg.k3j2x.jpg.tmp"
     temp.write_bytes(b"half a jpeg")
-    detector = crop_faces.FaceDetector(device="cpu")
-    result = crop_faces.crop_split(split_dir, detector, progress=False)
+    detector = FaceDetector(device="cpu")
+    result = crop_split(split_dir, detector, progress=False)
     assert result.processed == len(rows) - len(done) and result.skipped == len(done)
-    assert not temp.exists() and not (split_dir / crop_faces.PARTIAL_NAME).exists()
-    assert set(crop_faces.read_manifest(manifest)) == set(rows)
+    assert not temp.exists() and not (split_dir / PARTIAL_NAME).exists()
+    assert set(read_manifest(manifest)) == set(rows)
 
 
 def test_user_errors_are_one_line(tmp_path):
@@ -336,34 +395,34 @@ def test_user_errors_are_one_line(tmp_path):
     bad = tmp_path / "boxes.csv"
     bad.write_text("split,path,x1,y1,x2,y2\ntrain,a.jpg,10,10,5,50\n")
     with pytest.raises(UserError, match="line 2"):
-        crop_faces.read_overrides(bad)
+        read_overrides(bad)
 
 
 # --------------------------------------------------------------------------- pure helpers
 def test_snap_min_face_size_lands_on_the_default_pyramid():
-    assert crop_faces.snap_min_face_size(20) == 20
-    assert crop_faces.snap_min_face_size(80) == pytest.approx(20 / 0.709**4)
-    assert crop_faces.snap_min_face_size(20 / 0.709**4) == pytest.approx(20 / 0.709**4)
-    assert crop_faces.snap_min_face_size(79) == pytest.approx(20 / 0.709**3)
+    assert snap_min_face_size(20) == 20
+    assert snap_min_face_size(80) == pytest.approx(20 / 0.709**4)
+    assert snap_min_face_size(20 / 0.709**4) == pytest.approx(20 / 0.709**4)
+    assert snap_min_face_size(79) == pytest.approx(20 / 0.709**3)
 
 
 def test_select_face_prefers_sure_big_central_faces():
     w, h = 384, 512
     central, corner, tiny = (100, 150, 280, 370), (0, 0, 190, 220), (180, 240, 210, 270)
-    assert crop_faces.select_face(np.array([corner, central]), np.array([0.99, 0.99]), w, h) == 1
-    assert crop_faces.select_face(np.array([tiny, central]), np.array([0.999, 0.95]), w, h) == 1
+    assert select_face(np.array([corner, central]), np.array([0.99, 0.99]), w, h) == 1
+    assert select_face(np.array([tiny, central]), np.array([0.999, 0.95]), w, h) == 1
     # An unsure big box loses to a sure one.
-    assert crop_faces.select_face(np.array([central, tiny]), np.array([0.75, 0.99]), w, h) == 1
+    assert select_face(np.array([central, tiny]), np.array([0.75, 0.99]), w, h) == 1
 
 
 def test_crop_region_margins_clipping_and_aspect():
     box = (100.0, 100.0, 200.0, 220.0)
-    assert crop_faces.crop_region(box, (0.1, 0.5, 0.1, 0.25), 384, 512) == (90, 40, 210, 250)
-    assert crop_faces.crop_region(box, (2, 2, 2, 2), 384, 512) == (0, 0, 384, 460)
-    x1, y1, x2, y2 = crop_faces.crop_region((10, 10, 110, 130), (0.25, 0.45, 0.25, 0.25), 384, 512, size=(224, 224))
+    assert crop_region(box, (0.1, 0.5, 0.1, 0.25), 384, 512) == (90, 40, 210, 250)
+    assert crop_region(box, (2, 2, 2, 2), 384, 512) == (0, 0, 384, 460)
+    x1, y1, x2, y2 = crop_region((10, 10, 110, 130), (0.25, 0.45, 0.25, 0.25), 384, 512, size=(224, 224))
     assert x2 - x1 == pytest.approx(y2 - y1, abs=2) and x1 == 0 and y1 == 0  # shifted inside, still square
     with pytest.raises(ValueError):
-        crop_faces.crop_region((500, 600, 550, 650), (0, 0, 0, 0), 384, 512)
+        crop_region((500, 600, 550, 650), (0, 0, 0, 0), 384, 512)
 
 
 def test_fallback_boxes_sources():
@@ -372,8 +431,8 @@ def test_fallback_boxes_sources():
         f"{P1}/mask1.jpg": (50, 50, 60, 60),
         "x/normal.jpg": (0, 0, 4, 4),
     }
-    out = crop_faces.fallback_boxes(detected, [f"{P1}/mask2.jpg", "y/mask1.jpg", "flat.jpg"], 384, 512)
+    out = fallback_boxes(detected, [f"{P1}/mask2.jpg", "y/mask1.jpg", "flat.jpg"], 384, 512)
     assert out[f"{P1}/mask2.jpg"] == ((10, 10, 110, 130), "person")  # unmasked photo preferred
     assert out["y/mask1.jpg"][1] == "split" and out["flat.jpg"][1] == "split"
     assert out["flat.jpg"][0] == (10, 10, 60, 60)
-    assert crop_faces.fallback_boxes({}, ["a.jpg"], 384, 512)["a.jpg"][1] == "central"
+    assert fallback_boxes({}, ["a.jpg"], 384, 512)["a.jpg"][1] == "central"

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maskcls import data as dataset
 from maskcls import metrics
+from maskcls.labels import NUM_CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,6 +22,7 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_short_demo_runs_end_to_end(tmp_path):
     demo = tmp_path / "demo"
@@ -48,7 +49,7 @@ def test_short_demo_runs_end_to_end(tmp_path):
         pred = np.array([int(r["ans"]) for r in rows])
         truth = np.array([answers[i] for i in ids])
         assert metrics.classification_metrics(truth, pred)["f1"] == pytest.approx(f1, abs=1e-4)
-        assert np.load(demo / f"submission_{mode}_probs.npy").shape == (len(ids), dataset.NUM_CLASSES)
+        assert np.load(demo / f"submission_{mode}_probs.npy").shape == (len(ids), NUM_CLASSES)
 
     for fold in ("fold0", "fold1"):
         run = demo / "runs" / fold

@@ -1,4 +1,5 @@
-"""ensemble.py: voting rules on crafted arrays, and the CLI on hand-made run directories (no model needed)."""
+"""ensemble.py and its package modules (maskcls.voting, oof, members, runs): voting rules on crafted arrays, the
+run-folder rules, and the CLI on hand-made run directories (no model needed)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import ensemble  # noqa: E402
-from ensemble import hard_vote, soft_vote, vote_fractions  # noqa: E402
-from maskcls import data as dataset  # noqa: E402
 from maskcls import metrics  # noqa: E402
+from maskcls.labels import NUM_CLASSES  # noqa: E402
+from maskcls.members import member_names, read_answers  # noqa: E402
+from maskcls.oof import check_every_fold_votes, grid_resolution, model_group, search_group_weights, simplex_grid  # noqa: E402
+from maskcls.runs import ids_sha1  # noqa: E402
 from maskcls.utils import UserError, atomic_save_npy, atomic_write_csv, atomic_write_json, run_main  # noqa: E402
+from maskcls.voting import agreement_matrix, hard_vote, soft_vote, vote_fractions  # noqa: E402
 
-C = dataset.NUM_CLASSES
+C = NUM_CLASSES
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -112,16 +116,16 @@ def test_bad_weights_are_user_errors(weights):
 
 def test_agreement_matrix():
     labels = np.array([[0, 1, 2, 3], [0, 1, 2, 0], [1, 1, 1, 1]])
-    m = ensemble.agreement_matrix(labels)
+    m = agreement_matrix(labels)
     assert m[0, 1] == 0.75 and m[0, 2] == 0.25 and m[1, 2] == 0.25 and np.all(np.diag(m) == 1)
 
 
 def test_read_answers_must_cover_every_id(tmp_path):
     path = tmp_path / "answers.csv"
     atomic_write_csv(path, ["ImageID", "ans"], [("b.jpg", 3), ("a.jpg", 5)])
-    assert ensemble.read_answers(path, ["a.jpg", "b.jpg"]).tolist() == [5, 3]
+    assert read_answers(path, ["a.jpg", "b.jpg"]).tolist() == [5, 3]
     with pytest.raises(UserError, match="no answer for 1 of 3"):
-        ensemble.read_answers(path, ["a.jpg", "b.jpg", "c.jpg"])
+        read_answers(path, ["a.jpg", "b.jpg", "c.jpg"])
 
 
 # --------------------------------------------------------------------------- CLI on hand-made runs
@@ -131,7 +135,7 @@ def fake_eval_run(run: Path, ids: list[str], probs: np.ndarray) -> None:
     atomic_write_csv(run / "submission.csv", ["ImageID", "ans"], zip(ids, probs.argmax(axis=1).tolist()))
     atomic_write_json(
         run / "eval_meta.json",
-        {"checkpoint": "best.pt", "tta": "none", "n": len(ids), "ids_sha1": ensemble.ids_sha1(ids)},
+        {"checkpoint": "best.pt", "tta": "none", "n": len(ids), "ids_sha1": ids_sha1(ids)},
     )
 
 
@@ -227,6 +231,27 @@ def test_cli_mismatched_member_fails_in_one_line(eval_runs, capsys):
     fake_eval_run(root / "runs" / "odd", ids[::-1], probs["b"])  # same rows, other order -> other ids_sha1
     code, err = run_main_inline(["--mode", "hard", "--runs-dir", str(root / "runs")], capsys)
     assert code == 2 and err.startswith("error: member odd ") and len(err.strip().splitlines()) == 1
+
+
+def test_a_member_with_nan_probabilities_is_refused_in_one_line(eval_runs, capsys):
+    """A diverged model's NaN probabilities: the ensemble's row would be NaN, and argmax reads NaN as class 0."""
+    root, ids, truth, probs = eval_runs
+    nan = probs["b"].copy()
+    nan[3] = np.nan
+    fake_eval_run(root / "runs" / "b", ids, nan)
+    code, err = run_main_inline(["--mode", "soft", "--runs-dir", str(root / "runs"), "--out", str(root / "s.csv")],
+                                capsys)  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: {root / 'runs' / 'b' / 'eval_probs.npy'} holds nan or inf probabilities in 1 of 50")
+    assert "retrain" in err and "lower --lr" in err and not (root / "s.csv").exists()
+
+    rels = [f"{i:03d}_female_Asian_20/normal.jpg" for i in range(4)]  # and out of fold: valid_preds.csv
+    oof = np.full((4, C), 1 / C)
+    oof[1] = np.inf
+    fake_oof_run(root / "oof" / "a" / "fold0", rels, truth[:4], oof, 0)
+    code, err = run_main_inline(["--mode", "soft", "--oof", "--runs-dir", str(root / "oof")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "valid_preds.csv holds nan or inf probabilities in 1 of 4 rows" in err
 
 
 def test_cli_wrong_weight_count_and_no_members(eval_runs, capsys):
@@ -328,14 +353,32 @@ def test_oof_refuses_other_fold_split(tmp_path, capsys):
     assert code == 2 and err.startswith("error: member b/fold0 was trained on another fold split")
 
 
+def test_oof_split_is_the_folds_file_when_runs_record_it(tmp_path, capsys):
+    """Runs that read one folds.csv combine whatever --split-seed they were given; another file is another split."""
+    rng = np.random.default_rng(6)
+    rels = [f"{i:03d}_female_Asian_20/normal.jpg" for i in range(4)]
+    y, p = rng.integers(0, C, size=4), rng.dirichlet(np.ones(C), size=4)
+    for name, seed in (("a", 42), ("b", 7)):
+        fake_oof_run(tmp_path / "runs" / name / "fold0", rels, y, p, 0, seed=seed)
+        summary = tmp_path / "runs" / name / "fold0" / "summary.json"
+        atomic_write_json(summary, {"status": "finished", "fold": 0, "folds": 2, "folds_sha1": "f" * 40})
+    argv = ["--mode", "soft", "--oof", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "s.csv")]
+    code, err = run_main_inline(argv, capsys)
+    assert code == 0, err
+    atomic_write_json(summary, {"status": "finished", "fold": 0, "folds": 2, "folds_sha1": "e" * 40})
+    code, err = run_main_inline(argv, capsys)
+    assert code == 2 and "another fold split" in err and "folds.csv sha1" in err
+
+
 # --------------------------------------------------------------------------- --weights auto
 
+
 def test_simplex_grid_and_resolution():
-    grid = ensemble.simplex_grid(3, 20)
+    grid = simplex_grid(3, 20)
     assert grid.shape == (231, 3) and np.allclose(grid.sum(axis=1), 1) and grid.min() == 0
     assert len({tuple(r) for r in grid.round(9)}) == len(grid)  # no point twice
-    assert ensemble.simplex_grid(2, 2).tolist() == [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]
-    assert [ensemble.grid_resolution(g) for g in (1, 2, 3, 4, 5, 9)] == [20, 20, 20, 10, 5, 4]
+    assert simplex_grid(2, 2).tolist() == [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]
+    assert [grid_resolution(g) for g in (1, 2, 3, 4, 5, 9)] == [20, 20, 20, 10, 5, 4]
 
 
 def informative_and_noise(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -349,9 +392,9 @@ def informative_and_noise(rng: np.random.Generator, n: int) -> tuple[np.ndarray,
 
 def test_search_group_weights_prefers_the_informative_group():
     y, good, noise = informative_and_noise(np.random.default_rng(7), 400)
-    w = ensemble.search_group_weights(np.stack([good, noise]), y)
+    w = search_group_weights(np.stack([good, noise]), y)
     assert w.sum() == pytest.approx(1) and w[0] >= 0.7 > 0.3 >= w[1]
-    w = ensemble.search_group_weights(np.stack([noise, good]), y)  # order does not matter
+    w = search_group_weights(np.stack([noise, good]), y)  # order does not matter
     assert w[1] >= 0.7 > 0.3 >= w[0]
     f1 = {tuple(v): metrics.macro_f1(y, soft_vote(np.stack([noise, good]), v).argmax(axis=1)) for v in ([0.5, 0.5], w)}
     assert f1[tuple(w)] > f1[(0.5, 0.5)]
@@ -359,10 +402,10 @@ def test_search_group_weights_prefers_the_informative_group():
 
 def test_search_group_weights_ties_go_to_equal_weights():
     y, good, _ = informative_and_noise(np.random.default_rng(8), 200)
-    np.testing.assert_allclose(ensemble.search_group_weights(np.stack([good, good]), y), [0.5, 0.5])
+    np.testing.assert_allclose(search_group_weights(np.stack([good, good]), y), [0.5, 0.5])
     # 1/3 is no multiple of 0.05: equal weights are a candidate of their own
-    np.testing.assert_allclose(ensemble.search_group_weights(np.stack([good] * 3), y), [1 / 3] * 3)
-    np.testing.assert_allclose(ensemble.search_group_weights(good[None], y), [1.0])
+    np.testing.assert_allclose(search_group_weights(np.stack([good] * 3), y), [1 / 3] * 3)
+    np.testing.assert_allclose(search_group_weights(good[None], y), [1.0])
 
 
 def test_parse_weights():
@@ -413,7 +456,7 @@ def test_cli_weights_auto_soft(model_groups, capsys):
     printed = capsys.readouterr().out
 
     y, probs = _hand_oof(oof, {"a": ["a/fold0", "a/fold1"], "b": ["b/fold0", "b/fold1"]})
-    expected = ensemble.search_group_weights(probs, y)
+    expected = search_group_weights(probs, y)
     assert expected[0] >= 0.7  # the informative group wins
     saved = json.loads((root / "auto_report.json").read_text())
     auto = saved["auto_weights"]
@@ -450,7 +493,7 @@ def test_cli_weights_auto_groups_with_other_fold_counts(model_groups, capsys):
     argv = ["--mode", "soft", "--runs", *runs, "--weights", "auto", "--out", str(root / "s.csv")]
     report = ensemble.main(ensemble.get_args_parser().parse_args(argv))
     y, probs = _hand_oof(oof, {"a": ["a/fold0", "a/fold1"], "b": ["b/fold0"]})
-    wa, wb = ensemble.search_group_weights(probs, y)
+    wa, wb = search_group_weights(probs, y)
     assert report["auto_weights"]["rows"] == 60 == len(y)  # fold 0 only: b has no fold 1
     assert [m["weight"] for m in report["members"]] == pytest.approx([wa / 2, wa / 2, wb])
     assert "60 out-of-fold rows (20 persons)" in capsys.readouterr().out
@@ -484,9 +527,9 @@ def test_cli_weights_auto_refusals(model_groups, capsys):
     assert err.strip() == "error: --weights 'two' is not a number; give one number per member, or the word auto"
 
     # --oof votes fold by fold: a fold whose members' groups all got weight 0 cannot be scored
-    ensemble._check_every_fold_votes([0.5, 0.5, 1.0], [0, 1, 0], ["a/fold0", "a/fold1", "b/fold0"])
+    check_every_fold_votes([0.5, 0.5, 1.0], [0, 1, 0], ["a/fold0", "a/fold1", "b/fold0"])
     with pytest.raises(UserError, match=r"weight 0 to every member validating the rows of a/fold1 \(a/fold1\)"):
-        ensemble._check_every_fold_votes([0.0, 0.0, 1.0], [0, 1, 0], ["a/fold0", "a/fold1", "b/fold0"])
+        check_every_fold_votes([0.0, 0.0, 1.0], [0, 1, 0], ["a/fold0", "a/fold1", "b/fold0"])
 
 
 def test_cli_numeric_weights_unchanged(eval_runs):
@@ -511,6 +554,37 @@ def test_member_names_keep_symlinked_runs_names(tmp_path):
         link = mixed / f"r10_fold{k}"
         link.symlink_to(Path("..") / f"base_f{k}")
         links.append(link)
-    names = ensemble.member_names(links)
+    names = member_names(links)
     assert names == ["r10_fold0", "r10_fold1"]
-    assert {ensemble.model_group(n) for n in names} == {"r10"}
+    assert {model_group(n) for n in names} == {"r10"}
+
+
+def test_model_group_takes_the_clash_suffix_off_fold_names():
+    """A taken name gets _2, _3 (utils.unique_dir): r18_fold0_2 is still a fold of r18. A name's own trailing
+    number is not such a suffix and stays (issue 25)."""
+    assert {model_group(n) for n in ("r18_fold0", "r18_fold1_2", "r18_fold2_3", "r18_fold3_12")} == {"r18"}
+    assert model_group("r18_lr1e-3_fold0_2") == "r18_lr1e-3"  # a --config rerun's name
+    for own in ("effb3", "x_lr1e-3", "r18_fold0_1", "r18_fold0_02", "exp_2", "fold0_2", "r18/fold0_2"):
+        assert model_group(own) == own
+    assert model_group("sweep/r18_fold1_2") == "sweep/r18"
+
+
+def test_default_outputs_land_beside_the_runs(eval_runs, monkeypatch, capsys):
+    """Without --out nothing lands in the folder the command was typed in: runs/ensembles/, said in the printed
+    line; --oof's report too, and a retried fold (r18_fold0_2) still groups with its model (issue 25)."""
+    root, ids, truth, _ = eval_runs
+    monkeypatch.chdir(root)
+    ensemble.main(ensemble.get_args_parser().parse_args(["--mode", "soft", "--runs-dir", "runs"]))
+    out = root / "runs" / "ensembles" / "submission_soft.csv"
+    assert out.is_file() and (out.parent / "submission_soft_report.json").is_file()
+    assert f"wrote {Path('runs') / 'ensembles' / 'submission_soft.csv'}" in capsys.readouterr().out
+    assert sorted(p.name for p in root.iterdir()) == ["answers.csv", "runs"]
+
+    rng = np.random.default_rng(5)
+    for name, fold in (("r18_fold0_2", 0), ("r18_fold1", 1)):
+        rels = [f"{fold}{i:03d}_male_Asian_30/mask1.jpg" for i in range(12)]
+        fake_oof_run(root / "cv" / name, rels, rng.integers(0, C, 12), rng.dirichlet(np.ones(C), 12), fold)
+    report = ensemble.main(ensemble.get_args_parser().parse_args(["--mode", "soft", "--oof", "--runs-dir", "cv"]))
+    assert (root / "cv" / "ensembles" / "submission_soft_oof_report.json").is_file()
+    assert [(g["group"], g["folds"]) for g in report["single_models"]] == [("r18", ["fold0", "fold1"])]
+    assert sorted(p.name for p in root.iterdir()) == ["answers.csv", "cv", "runs"]

@@ -1,4 +1,5 @@
-"""experiments.py on fabricated run directories (the format train.py/inference.py write, per the spec)."""
+"""experiments.py and maskcls.table on fabricated run directories (the format train.py/inference.py write, per the
+spec)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import experiments  # noqa: E402
+from maskcls import table  # noqa: E402
 from maskcls.utils import UserError  # noqa: E402
 
 LOG_HEADER = (
@@ -45,7 +47,8 @@ def make_run(
     error: str | None = None,
     **overrides,
 ) -> Path:
-    """A run dir like train.py's: config.json, log.csv, summary.json (unless status is None)."""
+    """A run dir like train.py's: config.json, log.csv, summary.json (unless status is None) and, once a
+    validated run has finished, valid_preds.csv (header only: the table does not read it)."""
     run_dir = root / name
     run_dir.mkdir(parents=True)
     args = {**BASE_ARGS, "name": name, "output_dir": str(root), **overrides}
@@ -81,6 +84,8 @@ def make_run(
         if error:
             summary["error"] = error
         (run_dir / "summary.json").write_text(json.dumps(summary))
+        if status == "finished" and f1s:
+            (run_dir / "valid_preds.csv").write_text("rel,person_id,label,pred\n")
     if eval_f1 is not None:
         meta = {"checkpoint": "best.pt", "tta": False, "image_dir": "images", "n": 10, "ids_sha1": "x"}
         meta["metrics"] = {"f1": eval_f1, "acc": 0.9}
@@ -101,7 +106,7 @@ def test_differing_args_finds_changed_ones_and_common_rest(tmp_path):
     make_run(tmp_path, "a", lr=0.001, criterion="ce")
     make_run(tmp_path, "b", lr=0.0003, criterion="focal")
     make_run(tmp_path, "c", lr=0.0003, criterion="ce")
-    differing, common = experiments.differing_args(experiments.collect_runs(tmp_path))
+    differing, common = table.differing_args(table.collect_runs(tmp_path))
     assert differing == ["criterion", "lr"]  # argparse (config) order
     assert common["model"] == "ResNet18" and common["resize"] == [128, 96]
     assert "name" not in common and "output_dir" not in common  # trivially different, ignored
@@ -110,23 +115,23 @@ def test_differing_args_finds_changed_ones_and_common_rest(tmp_path):
 
 def test_differing_args_counts_missing_arg_as_different():
     runs = [{"args": {"lr": 0.1, "ema": True}}, {"args": {"lr": 0.1}}, {"args": None}]
-    assert experiments.differing_args(runs) == (["ema"], {"lr": 0.1})
+    assert table.differing_args(runs) == (["ema"], {"lr": 0.1})
 
 
 def test_format_value_is_compact():
-    assert experiments.format_value([128, 96]) == "128x96"
-    assert experiments.format_value(0.0003) == "0.0003"
-    assert experiments.format_value([0.485, 0.456, 0.406]) == "0.485,0.456,0.406"
-    assert experiments.format_value(None) == "None"
-    assert experiments.format_duration(3725) == "1h02m"
-    assert experiments.format_duration(185) == "3m05s"
+    assert table.format_value([128, 96]) == "128x96"
+    assert table.format_value(0.0003) == "0.0003"
+    assert table.format_value([0.485, 0.456, 0.406]) == "0.485,0.456,0.406"
+    assert table.format_value(None) == "None"
+    assert table.format_duration(3725) == "1h02m"
+    assert table.format_duration(185) == "3m05s"
 
 
 def test_collect_runs_reads_metrics_folds_and_eval(tmp_path):
     make_run(tmp_path, "cv/fold0", f1s=(0.4, 0.7))
     make_run(tmp_path, "cv/fold1", eval_f1=0.66)
     (tmp_path / "cv" / "cv_summary.json").write_text("{}")  # not a run dir: no config.json
-    runs = by_name(experiments.collect_runs(tmp_path))
+    runs = by_name(table.collect_runs(tmp_path))
     assert sorted(runs) == ["cv/fold0", "cv/fold1"]
     fold0 = runs["cv/fold0"]
     assert fold0["status"] == "finished"
@@ -150,8 +155,11 @@ def test_statuses_failed_running_stale_unreadable(tmp_path):
     (tmp_path / "broken_json" / "summary.json").write_text('{"status": "finish')
     make_run(tmp_path, "broken_csv", age_s=hour)
     (tmp_path / "broken_csv" / "log.csv").write_text(LOG_HEADER + "\n1,x,y\n")
+    make_run(tmp_path, "lost_preds", age_s=hour)  # finished, then its out-of-fold predictions were deleted
+    (tmp_path / "lost_preds" / "valid_preds.csv").unlink()
+    make_run(tmp_path, "no_validation", f1s=(), age_s=hour)  # --fold none: finished without valid_preds.csv
 
-    runs = by_name(experiments.collect_runs(tmp_path))
+    runs = by_name(table.collect_runs(tmp_path))
     assert {name: run["status"] for name, run in runs.items()} == {
         "broken_csv": "unreadable",
         "broken_json": "unreadable",
@@ -159,19 +167,22 @@ def test_statuses_failed_running_stale_unreadable(tmp_path):
         "crashed": "failed",
         "done": "finished",
         "killed": "stale/killed",
+        "lost_preds": "unreadable",
         "no_summary": "failed",
+        "no_validation": "finished",
         "stopped": "interrupted",
     }
     assert runs["crashed"]["note"] == "RuntimeError: CUDA out of memory"
     assert runs["stopped"]["note"] == stopped, "an interrupted run says how to continue it"
     assert "summary.json" in runs["broken_json"]["note"] and "log.csv" in runs["broken_csv"]["note"]
+    assert runs["lost_preds"]["note"] == "finished, but its valid_preds.csv is gone"  # maskcls.runs.is_finished
     assert runs["no_summary"]["valid_f1"] == pytest.approx(0.3)  # best so far from log.csv
     assert runs["broken_json"]["valid_f1"] == pytest.approx(0.6)  # what could be read is still shown
 
     # The whole table still renders with every run in it.
-    differing, _ = experiments.differing_args(list(runs.values()))
-    columns = experiments.table_columns(differing)
-    text = experiments.to_markdown(experiments.table_rows(list(runs.values()), differing), columns)
+    differing, _ = table.differing_args(list(runs.values()))
+    columns = table.table_columns(differing)
+    text = table.to_markdown(table.table_rows(list(runs.values()), differing), columns)
     assert all(f"| {name} " in text for name in runs)
 
 
@@ -180,24 +191,24 @@ def test_sort_metrics_descending_names_and_args_ascending_blanks_last(tmp_path):
     make_run(tmp_path, "b", f1s=(0.9,), lr=1e-05)
     make_run(tmp_path, "c", f1s=(0.7,), lr=0.0003)
     make_run(tmp_path, "d", status=None, f1s=(), lr=0.01)  # no score at all
-    runs = experiments.collect_runs(tmp_path)
-    differing, _ = experiments.differing_args(runs)
-    columns = experiments.table_columns(differing)
-    rows = experiments.table_rows(runs, differing)
+    runs = table.collect_runs(tmp_path)
+    differing, _ = table.differing_args(runs)
+    columns = table.table_columns(differing)
+    rows = table.table_rows(runs, differing)
 
     def names(key):
-        return [row["name"] for row in experiments.sort_rows(rows, key, columns)]
+        return [row["name"] for row in table.sort_rows(rows, key, columns)]
 
     assert names("valid_f1") == ["b", "c", "a", "d"]
     assert names("name") == ["a", "b", "c", "d"]
     assert names("lr") == ["b", "c", "a", "d"]  # numeric, not text, order
     with pytest.raises(UserError, match="valid_f1"):
-        experiments.sort_rows(rows, "bogus", columns)
+        table.sort_rows(rows, "bogus", columns)
 
 
 def test_to_markdown_aligns_and_escapes():
     rows = [{"name": "a|b", "valid_f1": 0.81234, "lr": 0.001}, {"name": "c", "valid_f1": None, "lr": None}]
-    lines = experiments.to_markdown(rows, ["name", "valid_f1", "lr"]).splitlines()
+    lines = table.to_markdown(rows, ["name", "valid_f1", "lr"]).splitlines()
     assert lines[0].split("|")[1].strip() == "name"
     assert lines[1].replace(" ", "") == "|----|-------:|----:|"
     assert "a\\|b" in lines[2] and "0.8123" in lines[2]
@@ -234,10 +245,10 @@ def test_cli_writes_csv_and_png(tmp_path, capsys):
     assert experiments.main(experiments.get_args_parser().parse_args(argv)) == 0
 
     with open(csv_path, newline="") as f:
-        table = list(csv.reader(f))
-    assert table[0] == ["name", "status", "start", "lr", *experiments.TRAILING_COLUMNS]
-    assert [row[0] for row in table[1:]] == ["exp_b", "exp_a"]  # filtered, sorted by lr ascending
-    assert table[1][3] == "0.0003" and float(table[1][4]) == pytest.approx(0.9)
+        written = list(csv.reader(f))
+    assert written[0] == ["name", "status", "start", "lr", *table.TRAILING_COLUMNS]
+    assert [row[0] for row in written[1:]] == ["exp_b", "exp_a"]  # filtered, sorted by lr ascending
+    assert written[1][3] == "0.0003" and float(written[1][4]) == pytest.approx(0.9)
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png_path.stat().st_size > 1000
     assert not [p for p in tmp_path.rglob(".*.tmp")]  # atomic writes left no temp files
     assert "wrote" in capsys.readouterr().err
@@ -246,6 +257,19 @@ def test_cli_writes_csv_and_png(tmp_path, capsys):
     argv = ["--runs", str(runs), "--filter", "exp_a", "--sort", "lr"]
     assert experiments.main(experiments.get_args_parser().parse_args(argv)) == 0
     assert "| exp_a " in capsys.readouterr().out
+
+
+def test_bare_csv_and_plot_land_beside_the_runs(tmp_path, monkeypatch, capsys):
+    """--csv / --plot without a path write into --runs, not the folder the command was typed in (issue 25)."""
+    runs = tmp_path / "runs"
+    make_run(runs, "exp_a")
+    monkeypatch.chdir(tmp_path)
+    assert experiments.main(experiments.get_args_parser().parse_args(["--runs", "runs", "--csv", "--plot"])) == 0
+    assert (runs / "experiments.csv").is_file() and (runs / "curves.png").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+    err = capsys.readouterr().err
+    assert f"wrote {Path('runs') / 'experiments.csv'}" in err and f"wrote {Path('runs') / 'curves.png'}" in err
+    assert [r["name"] for r in table.collect_runs(runs, stale_after_s=60)] == ["exp_a"], "still one run"
 
 
 def test_cli_no_runs_is_one_line_error(tmp_path):

@@ -21,9 +21,14 @@ from helpers import make_tiny_dataset  # noqa: E402
 
 import ensemble  # noqa: E402
 import inference  # noqa: E402
-from maskcls import data as dataset  # noqa: E402
-from maskcls import metrics, models  # noqa: E402
+from maskcls import metrics, models, predict  # noqa: E402
+from maskcls.datasets import EvalDataset  # noqa: E402
+from maskcls.images import eval_transform  # noqa: E402
+from maskcls.labels import NUM_CLASSES, class_names  # noqa: E402
+from maskcls.runs import ids_sha1  # noqa: E402
+from maskcls.tables import read_eval_table  # noqa: E402
 from maskcls.utils import run_main  # noqa: E402
+from maskcls.voting import hard_vote  # noqa: E402
 
 TINY_MODEL = "timm:resnet10t"
 SIZE = [32, 24]  # H, W of the hand-built checkpoints
@@ -39,8 +44,8 @@ def make_checkpoint(path: Path, head: str = "single", image_dir: str = "images",
         "image_size": SIZE,
         "mean": [0.5, 0.5, 0.5],
         "std": [0.25, 0.25, 0.25],
-        "classes": dataset.class_names(),
-        "num_classes": dataset.NUM_CLASSES,
+        "classes": class_names(),
+        "num_classes": NUM_CLASSES,
         "image_dir": image_dir,
         "old_threshold": 60,
         "epoch": 1,
@@ -95,7 +100,7 @@ def test_predictions_match_the_model(tiny, tmp_path, head, tta):
     ids, ans = read_submission(run / "submission.csv")
     assert ids == info["eval_ids"] == info_ids(root / "data")
     probs = np.load(run / "eval_probs.npy")
-    assert probs.dtype == np.float32 and probs.shape == (len(ids), dataset.NUM_CLASSES)
+    assert probs.dtype == np.float32 and probs.shape == (len(ids), NUM_CLASSES)
     assert ans == probs.argmax(axis=1).tolist()
 
     # The same numbers by hand: checkpoint -> model, checkpoint's size/mean/std -> eval_transform.
@@ -103,8 +108,8 @@ def test_predictions_match_the_model(tiny, tmp_path, head, tta):
     net = models.create_model(TINY_MODEL, head=head, pretrained=False)
     net.load_state_dict(ckpt["model_state"])
     net.eval()
-    paths = [p for _, p in dataset.read_eval_table(root / "data")]
-    ds = dataset.EvalDataset(paths, SIZE, dataset.eval_transform(SIZE, [0.5] * 3, [0.25] * 3))
+    paths = [p for _, p in read_eval_table(root / "data")]
+    ds = EvalDataset(paths, SIZE, eval_transform(SIZE, [0.5] * 3, [0.25] * 3))
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     with torch.no_grad():
         expected = models.logits_to_probs(net(x), head)
@@ -116,7 +121,7 @@ def test_predictions_match_the_model(tiny, tmp_path, head, tta):
     saved = json.loads((run / "eval_meta.json").read_text())
     assert saved == json.loads(json.dumps(meta))
     assert saved["n"] == len(ids) and saved["tta"] == tta and saved["image_dir"] == "images"
-    assert saved["ids_sha1"] == ensemble.ids_sha1(ids) and saved["checkpoint"].endswith("best.pt")
+    assert saved["ids_sha1"] == ids_sha1(ids) and saved["checkpoint"].endswith("best.pt")
     assert "metrics" not in saved and saved["unreadable"] == []
 
 
@@ -178,6 +183,77 @@ def test_checkpoint_problems_are_one_line(tiny, tmp_path, capsys):
     assert code == 2 and "not found" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_diverged_model_writes_no_submission(tiny, tmp_path, capsys):
+    """NaN weights, or finite ones whose outputs overflow (the issue's --lr 1e30 run), are refused in one line."""
+    root, _ = tiny
+    run = tmp_path / "run"
+    make_checkpoint(run / "best.pt")
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    fc = [k for k, v in ckpt["model_state"].items() if v.ndim == 2][-1]  # the classifier's weight matrix
+    ckpt["model_state"][fc].fill_(3e38)  # finite, but every logit overflows to inf: softmax gives NaN
+    torch.save(ckpt, run / "best.pt")
+    code, _, err = infer_cli(run, root / "data", capsys)
+    line = err.strip().splitlines()[-1]  # above it: only the progress bar
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    assert line == (
+        "error: the model's probabilities are nan or inf for 16 of 16 images; retrain it with a lower --lr "
+        "(or --clip-grad 1.0), or leave the run out"
+    )
+    assert not (run / "submission.csv").exists() and not (run / "eval_probs.npy").exists()
+
+    ckpt["model_state"][fc][0, 0] = float("nan")
+    torch.save(ckpt, run / "best.pt")
+    code, _, err = infer_cli(run, root / "data", capsys)
+    assert code == 2 and err.strip().splitlines() == [
+        f"error: {run / 'best.pt'} holds nan or inf weights ({fc}): its run diverged; retrain it with a lower --lr "
+        "(or --clip-grad 1.0), or leave the run out"
+    ]
+    assert not (run / "submission.csv").exists()
+
+
+def test_a_fold_all_run_predicts_with_every_fold(tiny, tmp_path, capsys):
+    """--run runs/<name> of a --fold all run: each fold in turn, one eval_probs.npy each, then ensemble.py takes
+    the parent; a fold without the checkpoint is refused, naming it, before anything is written (issue 25)."""
+    root, info = tiny
+    parent = tmp_path / "cv"
+    for k in (0, 1):
+        make_checkpoint(parent / f"fold{k}" / "best.pt", seed=k)
+    code, out, err = infer_cli(parent, root / "data", capsys)
+    assert code == 0, err
+    assert f"{parent} is a --fold all run: predicting with each of its 2 folds in turn (fold0, fold1" in out
+    assert f"ensemble them with: python ensemble.py --mode soft --runs {parent}" in out
+    probs = [np.load(parent / f"fold{k}" / "eval_probs.npy") for k in (0, 1)]
+    assert all(p.shape == (len(info["eval_ids"]), NUM_CLASSES) for p in probs) and not np.allclose(*probs)
+    report = ensemble.main(ensemble.get_args_parser().parse_args(["--mode", "soft", "--runs", str(parent)]))
+    assert [m["run"] for m in report["members"]] == ["cv/fold0", "cv/fold1"]
+
+    make_checkpoint(tmp_path / "cv2" / "fold0" / "best.pt")
+    (tmp_path / "cv2" / "fold1").mkdir()
+    (tmp_path / "cv2" / "fold1" / "summary.json").write_text(json.dumps({"status": "failed", "error": "boom"}))
+    code, _, err = infer_cli(tmp_path / "cv2", root / "data", capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "fold1 has no best.pt: it failed after 0" in err
+    assert not (tmp_path / "cv2" / "fold0" / "eval_probs.npy").exists()
+    code, _, err = infer_cli(parent, root / "data", capsys, "--checkpoint", str(parent / "fold0" / "best.pt"))
+    assert code == 2 and "use --checkpoint best or last, or predict one fold with --run" in err
+
+
+def test_an_unfinished_run_says_what_became_of_it(tiny, tmp_path, capsys):
+    root, _ = tiny
+    run = tmp_path / "run"
+    run.mkdir()
+    summary = {"status": "failed", "epochs_run": 0, "error": "maskcls.utils.UserError: no hub; pass --no-pretrained"}
+    (run / "summary.json").write_text(json.dumps(summary))
+    code, _, err = infer_cli(run, root / "data", capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: {run} has no best.pt: it failed after 0 epoch(s): no hub; pass --no-pretrained")
+    assert "train the run first" not in err
+
+    make_checkpoint(run / "best.pt")  # killed in its second epoch: predicted, with a warning
+    (run / "summary.json").write_text(json.dumps({"status": "running", "epochs_run": 1}))
+    code, _, err = infer_cli(run, root / "data", capsys)
+    assert code == 0 and err.startswith(f"warning: {run} stopped after 1 epoch(s) without recording why")
+
+
 def test_crop_model_needs_eval_crops(tiny, tmp_path, capsys):
     root, _ = tiny
     make_checkpoint(tmp_path / "run" / "best.pt", image_dir="crops")
@@ -217,6 +293,7 @@ def imported_modules(*argv: str) -> tuple[int, set[str]]:
     return out.returncode, set(found)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["crop_faces.py", "inference.py"])
 def test_help_and_bad_arguments_import_no_torch(script):
     """--help and a bad argument are answered before anything imports torch."""
@@ -254,6 +331,7 @@ def _printed_f1(text: str, prefix: str) -> float:
     return float(found.group(1))
 
 
+@pytest.mark.slow
 def test_end_to_end_inference_and_ensemble(cv_runs, capsys):
     root, runs = cv_runs
     data, answers_csv = root / "data", root / "data" / "eval" / "answers.csv"
@@ -272,7 +350,7 @@ def test_end_to_end_inference_and_ensemble(cv_runs, capsys):
         assert "wear/male/<30" in out  # the class distribution table
 
     probs = np.stack([np.load(run / "eval_probs.npy") for run in runs])
-    for mode, expected in (("soft", probs.mean(axis=0).argmax(axis=1)), ("hard", ensemble.hard_vote(probs))):
+    for mode, expected in (("soft", probs.mean(axis=0).argmax(axis=1)), ("hard", hard_vote(probs))):
         out_csv = root / f"ensemble_{mode}.csv"
         argv = ["--mode", mode, "--runs-dir", str(root / "runs"), "--out", str(out_csv), "--answers", str(answers_csv)]
         capsys.readouterr()
@@ -287,6 +365,7 @@ def test_end_to_end_inference_and_ensemble(cv_runs, capsys):
         assert (root / f"ensemble_{mode}_report.json").is_file()
 
 
+@pytest.mark.slow
 def test_end_to_end_oof(cv_runs, capsys):
     root, runs = cv_runs
     out = root / "oof.csv"
@@ -314,6 +393,7 @@ def test_end_to_end_oof(cv_runs, capsys):
     assert f"CV macro F1 of the ensemble: {by_hand['f1']:.4f}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bf16_and_decode_paths_agree_with_fp32(tiny, tmp_path):
     root, _ = tiny
     run = tmp_path / "run"
@@ -326,23 +406,23 @@ def test_bf16_and_decode_paths_agree_with_fp32(tiny, tmp_path):
     np.testing.assert_allclose(np.load(run / "eval_probs.npy"), reference, atol=0.03)
     # CPU decodes between model calls; the DataLoader-worker way (a GPU's) gives the same rows in the same order
     ckpt = torch.load(run / "best.pt", weights_only=True)
-    net = inference.build_model(ckpt, run / "best.pt", torch.device("cpu"))
-    paths = [p for _, p in dataset.read_eval_table(root / "data")]
+    net = predict.build_model(ckpt, run / "best.pt", torch.device("cpu"))
+    paths = [p for _, p in read_eval_table(root / "data")]
     meta = ckpt["meta"]
     args = (net, "multi", paths, SIZE, meta["mean"], meta["std"], torch.device("cpu"), "none", 4, 2, False)
-    between, _, _ = inference.predict(*args, decode="between")
-    workers, _, _ = inference.predict(*args, decode="workers")
+    between, _, _, _ = predict.predict(*args, decode="between")
+    workers, _, _, _ = predict.predict(*args, decode="workers")
     np.testing.assert_allclose(between, reference, atol=1e-6)
     np.testing.assert_allclose(workers, reference, atol=1e-6)
 
 
 def test_resolve_amp_and_conv_bn_folding():
     cpu = torch.device("cpu")
-    assert inference.resolve_amp("off", cpu) is False and inference.resolve_amp("bf16", cpu) is True
-    assert inference.resolve_amp("auto", cpu) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert predict.resolve_amp("off", cpu) is False and predict.resolve_amp("bf16", cpu) is True
+    assert predict.resolve_amp("auto", cpu) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
     net = models.create_model(TINY_MODEL, head="single", pretrained=False).eval()
     x = torch.randn(2, 3, *SIZE)
-    fused = inference.fuse_conv_bn(net)
+    fused = predict.fuse_conv_bn(net)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     with torch.no_grad():
         torch.testing.assert_close(fused(x), net(x), atol=1e-5, rtol=1e-4)
@@ -352,4 +432,4 @@ def test_resolve_amp_and_conv_bn_folding():
             return x if x.sum() > 0 else -x  # data-dependent branch: torch.fx cannot trace it
 
     odd = Untraceable()
-    assert inference.fuse_conv_bn(odd) is odd
+    assert predict.fuse_conv_bn(odd) is odd

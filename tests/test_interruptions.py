@@ -28,6 +28,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
+pytestmark = pytest.mark.slow  # trainings and crop runs killed midway, in subprocesses (make test-fast skips them)
 
 from crop_speed import random_face_photos  # noqa: E402
 
@@ -77,6 +78,10 @@ def tree_hashes(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
+
+
+def after_folds(data: Path) -> str:
+    return hashlib.sha1((data / "train" / "folds.csv").read_bytes()).hexdigest()
 
 
 def temp_files(folder: Path) -> list[str]:
@@ -146,7 +151,8 @@ def test_crop_faces_killed_midway_then_rerun_completes(tmp_path):
 
 
 def test_crop_faces_redoes_an_empty_crop_listed_in_the_manifest(tmp_path):
-    import crop_faces
+    from maskcls.crop.detector import FaceDetector
+    from maskcls.crop.runner import crop_split
 
     split = tmp_path / "data" / "train"
     folder = split / "images" / "000001_female_Asian_45"
@@ -154,11 +160,11 @@ def test_crop_faces_redoes_an_empty_crop_listed_in_the_manifest(tmp_path):
     for stem, (photo, _) in zip(STEMS, random_face_photos(len(STEMS), seed=5)):
         photo.save(folder / f"{stem}.jpg", quality=90)
     (split / "train.csv").write_text("id,gender,race,age,path\n000001,female,Asian,45,000001_female_Asian_45\n")
-    detector = crop_faces.FaceDetector(device="cpu")
-    crop_faces.crop_split(split, detector, progress=False)
+    detector = FaceDetector(device="cpu")
+    crop_split(split, detector, progress=False)
     lost = split / "crops" / "000001_female_Asian_45" / "normal.jpg"
     lost.write_bytes(b"")  # what a reset leaves of a file whose data was still in the page cache
-    crop_faces.crop_split(split, detector, progress=False)
+    crop_split(split, detector, progress=False)
     with Image.open(lost) as im:
         im.load()
 
@@ -168,7 +174,7 @@ def train_argv(data_dir: Path, out: Path) -> list[str]:
     return [
         "--data-dir", str(data_dir), "--output-dir", str(out), "--name", "r", "--model", "test_resnet",
         "--no-pretrained", "--resize", "32", "32", "--batch-size", "8", "--workers", "0", "--folds", "3",
-        "--lr", "1e-2", "--epochs", str(EPOCHS), "--seed", "7",
+        "--lr", "1e-2", "--epochs", str(EPOCHS), "--seed", "7", "--amp", "off",  # fp32: resumes compare exactly
     ]  # fmt: skip
 
 
@@ -204,6 +210,8 @@ def runs(tmp_path_factory) -> dict:
     at_kill = {
         "summary": json.loads((killed / "summary.json").read_text()),
         "epoch": torch.load(killed / "last.pt", map_location="cpu", weights_only=True)["epoch"],
+        "best_epoch": torch.load(killed / "best.pt", map_location="cpu", weights_only=True)["meta"]["epoch"],
+        "log": (killed / "log.csv").read_text().splitlines(),
     }
     truncated, full = root / "c" / "r", root / "d" / "r"
     shutil.copytree(killed, truncated)
@@ -275,13 +283,21 @@ def test_resume_removes_the_killed_process_temp_files(runs):
 
 
 def test_truncated_last_pt_falls_back_to_best_pt(runs):
-    code, _, err = runs["results"]["truncated"]
+    """The issue's probe 8b: stopped after epoch 1 of 3, last.pt cut. The run goes on from best.pt, says from which
+    epoch, keeps the cut last.pt under its own name, and log.csv keeps its first rows."""
+    code, out, err = runs["results"]["truncated"]
     assert code == 0, err[-3000:]
-    run = runs["truncated"]
+    run, best = runs["truncated"], runs["at_kill"]["best_epoch"]
     warning = [line for line in err.splitlines() if line.startswith("warning: ")]
     assert any(str(run / "last.pt") in w and "truncated or corrupt" in w and str(run / "best.pt") in w for w in warning)
+    (corrupt,) = run.glob("last.pt.corrupt-*")
+    assert f"warning: {run} resumes after epoch {best} from best.pt; last.pt (corrupt) is kept as {corrupt}" in err
+    assert f"resuming {run / 'best.pt'} after epoch {best}" in out
     assert "Traceback" not in err
     assert load(run / "last.pt")["epoch"] == EPOCHS
+    log = (run / "log.csv").read_text().splitlines()
+    assert log[: best + 1] == runs["at_kill"]["log"][: best + 1] and len(log) == EPOCHS + 1, "no epoch's row is lost"
+    assert len(list(run.glob("log.dropped-*.csv"))) == (runs["at_kill"]["epoch"] > best)
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
 
 
@@ -298,7 +314,10 @@ def test_disk_full_while_training_keeps_last_pt(runs):
 
 def test_nothing_written_outside_the_named_dirs(runs, tmp_path):
     assert list(runs["cwd"].iterdir()) == [], "nothing in the working directory"
-    assert tree_hashes(runs["data"]) == runs["data_before"], "training writes nothing into the data dir"
+    # training writes nothing into the data dir but the folds file it settled on when there was none
+    after = tree_hashes(runs["data"])
+    assert after.pop("train/folds.csv", None) is not None or "train/folds.csv" in runs["data_before"]
+    assert after == {k: v for k, v in runs["data_before"].items() if k != "train/folds.csv"}
     assert sorted(p.name for p in runs["root"].iterdir()) == ["a", "b", "c", "cwd", "d", "data"]
     assert [p.name for p in (runs["root"] / "a").iterdir()] == ["r"]
 
@@ -309,7 +328,7 @@ def test_nothing_written_outside_the_named_dirs(runs, tmp_path):
     argv = ["--run", str(run), "--data-dir", str(runs["data"]), "--workers", "0", "--device", "cpu"]
     inference.main(inference.get_args_parser().parse_args(argv))
     assert set(os.listdir(run)) - before == {"submission.csv", "eval_probs.npy", "eval_meta.json"}
-    assert tree_hashes(runs["data"]) == runs["data_before"]
+    assert tree_hashes(runs["data"]) == {**runs["data_before"], "train/folds.csv": after_folds(runs["data"])}
     ids = [r["ImageID"] for r in read_csv(runs["data"] / "eval" / "info.csv")]
     assert [r["ImageID"] for r in read_csv(run / "submission.csv")] == ids, "every row, in info.csv order"
     assert np.load(run / "eval_probs.npy").shape == (len(ids), 18)

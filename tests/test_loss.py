@@ -1,16 +1,20 @@
-"""loss.py: every criterion against a hand computation, for 3, 5 and 18 classes, with and without class weights."""
+"""maskcls/losses.py: every criterion against a hand computation, for 3, 5 and 18 classes, with and without class
+weights; ce and label_smoothing against torch's bit for bit; a loss registered in one place is usable by name, with
+its train.py flag."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
+from torch import nn
 
+from maskcls import config, modules
 from maskcls import losses as L
-from maskcls import modules
 from maskcls.registry import UnknownNameError
 from maskcls.utils import UserError
 
@@ -161,11 +165,13 @@ def test_registered_names_and_aliases():
 
 
 def test_none_options_are_dropped_and_defaults_apply():
-    assert L.create_criterion("focal", 3, gamma=None).gamma == 2.0
-    assert L.create_criterion("Label_Smoothing", 3, smoothing=None).label_smoothing == 0.1
-    sce = L.create_criterion("sce", 3)
-    assert (sce.alpha, sce.beta, sce.log_clamp) == (0.1, 1.0, -4.0)
-    assert L.create_criterion("f1", 3).eps == 1e-7
+    assert L.create_criterion("focal", 3, gamma=None).options == {"gamma": 2.0}
+    assert L.create_criterion("Label_Smoothing", 3, smoothing=None).options == {"smoothing": 0.1}
+    assert L.create_criterion("sce", 3).options == {"alpha": 0.1, "beta": 1.0, "log_clamp": -4.0}
+    assert L.create_criterion("f1", 3).options == {"eps": 1e-7}
+    assert L.create_criterion("cross_entropy", 3).options == {}
+    gamma = L.create_criterion("focal", 3, gamma=2).options["gamma"]
+    assert gamma == 2.0 and isinstance(gamma, float), "an option takes its default's type"
 
 
 def test_unknown_option_names_the_valid_ones():
@@ -217,10 +223,10 @@ def test_decode_targets_matches_the_label_layout():
 
 
 def test_decode_targets_agrees_with_dataset():
-    from maskcls import data as dataset
+    from maskcls.labels import decode_label
 
     labels = torch.arange(18)
-    for got, want in zip(modules.decode_targets(labels), dataset.decode_label(labels.numpy())):
+    for got, want in zip(modules.decode_targets(labels), decode_label(labels.numpy())):
         assert got.tolist() == list(want)
 
 
@@ -266,10 +272,11 @@ def test_multi_head_ignores_18_class_weights_with_a_warning():
 
 def test_build_loss_single_and_options():
     crit = L.build_loss("focal", gamma=1.5, class_weight=torch.ones(18))
-    assert isinstance(crit, modules.FocalLoss) and crit.gamma == 1.5 and crit.num_classes == 18
+    assert isinstance(crit, modules.Criterion) and crit.loss is L.focal
+    assert crit.options == {"gamma": 1.5} and crit.num_classes == 18
     logits, target = torch.randn(4, 18), torch.tensor([0, 5, 11, 17])
     assert torch.isfinite(crit(logits, target))
-    assert L.build_loss("sce", head="multi", alpha=None, beta=2.0).criteria[1].beta == 2.0
+    assert L.build_loss("sce", head="multi", alpha=None, beta=2.0).criteria[1].options["beta"] == 2.0
 
 
 @pytest.mark.parametrize("head_weights", [(1, 1), (1, -1, 1), (0, 0, 0)])
@@ -281,3 +288,93 @@ def test_bad_head_weights(head_weights):
 def test_unknown_head():
     with pytest.raises(UserError, match="single, multi"):
         L.build_loss("ce", head="triple")
+
+
+# --------------------------------------------------------------------------- torch's own losses, bit for bit
+# bf16 only unweighted: the class weights are float32, which torch's cross entropy refuses beside bf16 logits
+CASES = [(False, torch.float32), (True, torch.float32), (False, torch.bfloat16)]
+
+
+@pytest.mark.parametrize(("weighted", "dtype"), CASES)
+def test_ce_and_label_smoothing_are_torchs_cross_entropy_bit_for_bit(weighted, dtype):
+    logits, target, weight = batch(18)
+    logits, weight = logits.to(dtype), weight.float() if weighted else None
+    ce = nn.CrossEntropyLoss(weight=weight)(logits, target)
+    assert torch.equal(L.create_criterion("ce", 18, weight=weight)(logits, target), ce)
+    smoothed = nn.CrossEntropyLoss(weight=weight, label_smoothing=0.2)(logits, target)
+    crit = L.create_criterion("label_smoothing", 18, weight=weight, smoothing=0.2)
+    assert torch.equal(crit(logits, target), smoothed)
+
+
+# --------------------------------------------------------------------------- a new loss is one place
+@pytest.fixture
+def poly1(monkeypatch):
+    """A loss registered the way losses.py registers its own, on a copy of the registry (gone after the test)."""
+    monkeypatch.setattr(L, "CRITERIA", copy.deepcopy(L.CRITERIA))
+
+    @L.register_criterion(
+        "poly1",
+        epsilon=L.Option(valid=lambda v: v >= -1, rule="must be >= -1", flag="--poly-epsilon", help="poly1: epsilon"),
+    )
+    def poly1(logits, target, weight, epsilon: float = 1.0):
+        """Poly-1 (Leng et al., ICLR 2022): ce + epsilon (1 - p_y)."""
+        ce = F.cross_entropy(logits, target, weight=weight, reduction="none")
+        p_true = logits.softmax(dim=1).gather(1, target[:, None]).squeeze(1)
+        return (ce + epsilon * (1 - p_true)).mean()
+
+    return poly1
+
+
+def test_a_registered_loss_is_usable_by_name_with_its_flag(poly1, capsys):
+    assert "poly1" in L.CRITERIA and L.criterion_options("POLY1") == {"epsilon": 1.0}
+    logits, target, _ = batch(18)
+    logits = logits.float()
+    crit = L.build_loss("poly1", epsilon=0.5)
+    assert crit.options == {"epsilon": 0.5}
+    assert torch.equal(crit(logits, target), poly1(logits, target, None, epsilon=0.5))
+    multi = L.build_loss("poly1", head="multi", epsilon=2.0)
+    assert torch.isfinite(multi(logits[:, :8], target)) and multi.criteria[0].options == {"epsilon": 2.0}
+    with pytest.raises(UserError, match="poly1 option epsilon must be >= -1"):
+        L.build_loss("poly1", epsilon=-2.0)
+    # the flag: in train.py's parser, and mapped to the option for this loss only
+    flag = L.criterion_flags()[-1]
+    assert (flag.flag, flag.criterion, flag.option, flag.default, flag.dest) == (
+        "--poly-epsilon", "poly1", "epsilon", 1.0, "poly_epsilon"
+    )  # fmt: skip
+    assert config.criterion_options("poly1", {"poly_epsilon": 0.25, "focal_gamma": None}) == {"epsilon": 0.25}
+    assert config.criterion_options("focal", {"poly_epsilon": 0.25}) == {}
+    assert "--poly-epsilon does not apply" in capsys.readouterr().err.replace("do(es)", "does")
+    from maskcls.train_args import get_args_parser
+
+    parser = get_args_parser()
+    assert "poly1: epsilon (None: the loss's 1.0)" in " ".join(parser.format_help().split())
+    args = parser.parse_args(["--criterion", "poly1", "--poly-epsilon", "0.75"])
+    assert config.criterion_options(args.criterion, vars(args)) == {"epsilon": 0.75}
+
+
+def test_the_flags_and_their_mapping_are_todays():
+    got = [(f.flag, f.criterion, f.option, f.default) for f in L.criterion_flags()]
+    assert got == [
+        ("--focal-gamma", "focal", "gamma", 2.0),
+        ("--smoothing", "label_smoothing", "smoothing", 0.1),
+        ("--sce-alpha", "sce", "alpha", 0.1),
+        ("--sce-beta", "sce", "beta", 1.0),
+    ]
+    given = {"focal_gamma": 1.5, "smoothing": None, "sce_alpha": None, "sce_beta": None}
+    assert config.criterion_options("focal", given) == {"gamma": 1.5}
+
+
+@pytest.mark.parametrize(
+    ("fn", "options", "error"),
+    [
+        (lambda logits, target: None, {}, "must take"),  # no weight argument
+        (lambda logits, target, weight, k: None, {}, "without a default"),
+        (lambda logits, target, weight, k=1.0: None, {"j": L.Option()}, "declared but not taken"),
+        (lambda logits, target, weight, k=1.0: None, {"k": L.Option(flag="--focal-gamma")}, "already sets"),
+    ],
+)
+def test_a_malformed_loss_fails_when_registered(monkeypatch, fn, options, error):
+    monkeypatch.setattr(L, "CRITERIA", copy.deepcopy(L.CRITERIA))
+    with pytest.raises((TypeError, ValueError), match=error):
+        L.register_criterion("broken", **options)(fn)
+    assert "broken" not in L.CRITERIA

@@ -20,11 +20,13 @@ def _pairs(seed: int, count: int):
         yield n_classes, y, np.where(right, y, rng.integers(0, n_classes, n))
 
 
+@pytest.mark.slow
 def test_macro_f1_is_sklearns_to_the_last_bit():
     for n_classes, y, p in _pairs(0, 400):
         assert metrics.macro_f1(y, p, n_classes) == f1_score(y, p, average="macro", zero_division=0)
 
 
+@pytest.mark.slow
 def test_classification_metrics_per_task_match_sklearn():
     for _, y, p in _pairs(1, 100):
         y18, p18 = y % 18, p % 18

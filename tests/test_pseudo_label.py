@@ -1,4 +1,4 @@
-"""pseudo_label.py and dataset.read_pseudo_labels: the threshold rule on crafted out-of-fold data, the CLI on
+"""pseudo_label.py and read_pseudo_labels: the threshold rule on crafted out-of-fold data, the CLI on
 fabricated runs (eval_probs.npy + valid_preds.csv, two models x two folds), the round trip of pseudo.csv into
 PseudoRecords, and the refusals."""
 
@@ -16,13 +16,14 @@ from helpers import make_tiny_dataset
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import ensemble  # noqa: E402
 import pseudo_label  # noqa: E402
-from maskcls import data as dataset  # noqa: E402
+from maskcls.labels import NUM_CLASSES, encode_label  # noqa: E402
+from maskcls.runs import ids_sha1  # noqa: E402
+from maskcls.tables import PSEUDO_AGES, ImageRecord, read_pseudo_labels, record_labels  # noqa: E402
 from maskcls.utils import UserError, atomic_save_npy, atomic_write_csv, atomic_write_json, run_main  # noqa: E402
 from pseudo_label import ClassThreshold, class_thresholds  # noqa: E402
 
-C = dataset.NUM_CLASSES
+C = NUM_CLASSES
 
 
 def vec(c: int, p: float) -> np.ndarray:
@@ -108,7 +109,7 @@ def fake_member(run: Path, ids: list[str], eval_probs: np.ndarray, rels: list[st
     """What inference.py (eval_probs.npy, eval_meta.json, submission.csv) and train.py --fold K write."""
     atomic_save_npy(run / "eval_probs.npy", eval_probs.astype(np.float32))
     atomic_write_csv(run / "submission.csv", ["ImageID", "ans"], zip(ids, eval_probs.argmax(axis=1).tolist()))
-    meta = {"checkpoint": "best.pt", "tta": "none", "n": len(ids), "ids_sha1": ensemble.ids_sha1(ids)}
+    meta = {"checkpoint": "best.pt", "tta": "none", "n": len(ids), "ids_sha1": ids_sha1(ids)}
     atomic_write_json(run / "eval_meta.json", meta)
     header = ["rel", "person_id", "label", "pred", *[f"p{i}" for i in range(C)]]
     rows = [
@@ -228,24 +229,24 @@ def test_cli_target_and_support_change_the_choice(layout, capsys):
 def test_read_pseudo_labels_round_trip(layout, capsys):
     root, ids = layout
     pseudo_main(root)
-    records = dataset.read_pseudo_labels(root / "out" / "pseudo.csv", root / "data")
+    records = read_pseudo_labels(root / "out" / "pseudo.csv", root / "data")
     assert [r.image_id for r in records] == [ids[i] for i in CHOSEN]
     for r in records:
-        assert isinstance(r, dataset.ImageRecord) and r.path.is_file() and r.path.is_absolute()
+        assert isinstance(r, ImageRecord) and r.path.is_file() and r.path.is_absolute()
         assert r.path.parent == (root / "data" / "eval" / "images").resolve()
         assert r.rel == f"eval/{r.image_id}" and r.person_id == f"pseudo:{r.image_id}"
         assert r.label(58) == r.label(60) == 0 and (r.mask, r.gender, r.age) == (0, 0, 18)
-    assert dataset.record_labels(records, 58).tolist() == [0, 0, 0, 0]
+    assert record_labels(records, 58).tolist() == [0, 0, 0, 0]
 
     # every class keeps its label whatever the threshold; crops are used once they exist (as training does)
     shutil.copytree(root / "data" / "eval" / "images", root / "data" / "eval" / "crops")
     (root / "data" / "eval" / "crops_manifest.csv").write_text("path,method\n")
     atomic_write_csv(root / "p.csv", ["ImageID", "ans", "prob"], [(ids[c % len(ids)], c, 0.99) for c in range(C)][:10])
-    records = dataset.read_pseudo_labels(root / "p.csv", root / "data")
+    records = read_pseudo_labels(root / "p.csv", root / "data")
     for c, r in enumerate(records):
-        assert r.label(58) == r.label(60) == r.label(40) == c == dataset.encode_label(r.mask, r.gender, c % 3)
-        assert r.age == dataset.PSEUDO_AGES[c % 3] and r.path.parent.name == "crops" and r.path.is_file()
-    assert dataset.read_pseudo_labels(root / "p.csv", root / "data", "images")[0].path.parent.name == "images"
+        assert r.label(58) == r.label(60) == r.label(40) == c == encode_label(r.mask, r.gender, c % 3)
+        assert r.age == PSEUDO_AGES[c % 3] and r.path.parent.name == "crops" and r.path.is_file()
+    assert read_pseudo_labels(root / "p.csv", root / "data", "images")[0].path.parent.name == "images"
 
 
 def test_read_pseudo_labels_refuses_bad_rows(layout):
@@ -253,7 +254,7 @@ def test_read_pseudo_labels_refuses_bad_rows(layout):
     bad = root / "bad.csv"
     bad.write_text(f"ImageID,ans,prob\n{ids[0]},18,0.9\n{ids[1]},3,0.9\n{ids[2]},x,0.9\n{ids[1]},3,0.9\n{ids[3]},2,7\n")
     with pytest.raises(UserError) as e:
-        dataset.read_pseudo_labels(bad, root / "data")
+        read_pseudo_labels(bad, root / "data")
     message = str(e.value)
     assert "line 2: ans '18' is not a class 0..17" in message and "line 4: ans 'x'" in message
     assert f"line 5: ImageID {ids[1]} already on line 3" in message and "line 6: prob '7'" in message
@@ -261,10 +262,10 @@ def test_read_pseudo_labels_refuses_bad_rows(layout):
 
     bad.write_text(f"ImageID,ans,prob\n{ids[0]},1,0.9\nnot_in_eval.jpg,3,0.9\n")
     with pytest.raises(UserError) as e:
-        dataset.read_pseudo_labels(bad, root / "data")
+        read_pseudo_labels(bad, root / "data")
     assert "not_in_eval.jpg (line 3)" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(UserError, match="pseudo_label.py") as e:
-        dataset.read_pseudo_labels(root / "missing.csv", root / "data")
+        read_pseudo_labels(root / "missing.csv", root / "data")
     assert "\n" not in str(e.value)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,8 +19,8 @@ import numpy as np
 import pytest
 
 import sweep
-import verdict
-from maskcls import metrics
+from maskcls import bootstrap, metrics
+from maskcls.sweep import plan, queue
 from maskcls.utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,19 +29,19 @@ FAKE = f"{sys.executable} {REPO / 'tests' / 'fake_train.py'}"
 
 @pytest.fixture(scope="module")
 def parser():
-    return sweep.train_parser()
+    return plan.train_parser()
 
 
 @pytest.fixture(scope="module")
 def base(parser):
-    return sweep.load_base(parser, None, ["--data-dir", "data"])
+    return plan.load_base(parser, None, ["--data-dir", "data"])
 
 
 # --------------------------------------------------------------------------- the plan
 def test_plan_has_exactly_one_change_per_variant(parser, base):
     specs = ["lr=1e-3,3e-4", "criterion=ce,focal,label_smoothing", "age-old-threshold=58", "resize=64x48", "cache",
              "no-pretrained", "pretrained=true"]  # fmt: skip
-    variants, notes = sweep.make_variants(parser, base, specs)
+    variants, notes = plan.make_variants(parser, base, specs)
     assert [v.name for v in variants] == [
         "base", "lr-1e-3", "criterion-focal", "criterion-label_smoothing", "age-old-threshold-58", "resize-64-48",
         "cache", "no-pretrained",
@@ -55,7 +56,7 @@ def test_plan_has_exactly_one_change_per_variant(parser, base):
         assert parsed[v.dest] == v.value
     # the same folds and seeds for every variant: the plan is the full grid, pairs complete first
     manifest = {"variants": [vars(v) for v in variants], "folds": [0, 1], "seeds": [42, 43]}
-    runs = sweep.planned_runs(manifest)
+    runs = plan.planned_runs(manifest)
     assert len(runs) == len(variants) * 4 and len({r["run"] for r in runs}) == len(runs)
     assert [r["variant"] for r in runs[: len(variants)]] == [v.name for v in variants]
     assert {(r["fold"], r["seed"]) for r in runs if r["variant"] == "lr-1e-3"} == {(0, 42), (0, 43), (1, 42), (1, 43)}
@@ -76,34 +77,34 @@ def test_plan_has_exactly_one_change_per_variant(parser, base):
 )
 def test_plan_refuses_bad_variants_in_one_line(parser, base, spec, message):
     with pytest.raises(UserError, match=None) as e:
-        sweep.make_variants(parser, base, [spec])
+        plan.make_variants(parser, base, [spec])
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_plan_checks_values_with_train_py(parser, base):
     for spec, message in (("criterion=nope", "unknown criterion 'nope'"), ("lr=-1", "--lr must be > 0")):
-        variants, _ = sweep.make_variants(parser, base, [spec])
+        variants, _ = plan.make_variants(parser, base, [spec])
         with pytest.raises(UserError, match=message):
-            sweep.check_variant(base, variants[1], [0], [42])
-    variants, _ = sweep.make_variants(parser, base, ["lr=1e-3"])
+            plan.check_variant(base, variants[1], [0], [42])
+    variants, _ = plan.make_variants(parser, base, ["lr=1e-3"])
     with pytest.raises(UserError, match="--fold 7 does not exist with --folds 5"):
-        sweep.check_variant(base, variants[1], [0, 7], [42])
+        plan.check_variant(base, variants[1], [0, 7], [42])
 
 
 def test_search_space_from_ranges(parser, base):
-    space, checks = sweep.make_space(parser, base, ["lr=1e-4:1e-2:log", "epochs=5:20", "criterion=ce,focal"])
+    space, checks = plan.make_space(parser, base, ["lr=1e-4:1e-2:log", "epochs=5:20", "criterion=ce,focal"])
     assert space["lr"] == {"kind": "float", "low": 1e-4, "high": 1e-2, "log": True, "flag": "--lr"}
     assert space["epochs"]["kind"] == "int" and (space["epochs"]["low"], space["epochs"]["high"]) == (5, 20)
     assert space["criterion"]["choices"] == ["(base)", "focal"]  # ce is the base's own: the base trial's choice
-    v = sweep.search_variant(space, "t3", {"lr": 0.002, "epochs": 7, "criterion": "focal"})
+    v = plan.search_variant(space, "t3", {"lr": 0.002, "epochs": 7, "criterion": "focal"})
     assert v.tokens == ["--lr", "0.002", "--epochs", "7", "--criterion", "focal"]
     assert len(checks) == 5
     with pytest.raises(UserError, match="LOW < HIGH"):
-        sweep.make_space(parser, base, ["lr=1e-2:1e-4"])
+        plan.make_space(parser, base, ["lr=1e-2:1e-4"])
 
 
 # --------------------------------------------------------------------------- the paired bootstrap
-def fabricated(n_persons=540, per_person=7, seeds=2, base_acc=0.8, variant_acc=0.8, seed=0) -> verdict.PairedFold:
+def fabricated(n_persons=540, per_person=7, seeds=2, base_acc=0.8, variant_acc=0.8, seed=0) -> bootstrap.PairedFold:
     rng = np.random.default_rng(seed)
     n = n_persons * per_person
     labels = rng.integers(0, 18, n)
@@ -114,7 +115,7 @@ def fabricated(n_persons=540, per_person=7, seeds=2, base_acc=0.8, variant_acc=0
         p[wrong] = (labels[wrong] + rng.integers(1, 18, int(wrong.sum()))) % 18
         return p
 
-    return verdict.PairedFold(
+    return bootstrap.PairedFold(
         labels=labels,
         persons=np.repeat(np.arange(n_persons), per_person),
         base=np.stack([preds(base_acc) for _ in range(seeds)]),
@@ -125,36 +126,36 @@ def fabricated(n_persons=540, per_person=7, seeds=2, base_acc=0.8, variant_acc=0
 def test_weighted_f1_is_sklearns_macro_f1():
 
     fold = fabricated(n_persons=40, seeds=1, base_acc=0.6, variant_acc=0.3)
-    base, variant = verdict.fold_f1(fold)
+    base, variant = bootstrap.fold_f1(fold)
     assert base[0] == pytest.approx(metrics.classification_metrics(fold.labels, fold.base[0])["f1"], abs=1e-12)
     assert variant[0] == pytest.approx(metrics.classification_metrics(fold.labels, fold.variant[0])["f1"], abs=1e-12)
     # integer person weights = the rows repeated
     weights = np.random.default_rng(1).multinomial(40, np.full(40, 1 / 40), size=1).astype(float)
     rows = np.repeat(np.arange(len(fold.labels)), weights[0][fold.persons].astype(int))
     expected = metrics.classification_metrics(fold.labels[rows], fold.base[0][rows])["f1"]
-    assert verdict.fold_f1(fold, weights)[0][0, 0] == pytest.approx(expected, abs=1e-12)
+    assert bootstrap.fold_f1(fold, weights)[0][0, 0] == pytest.approx(expected, abs=1e-12)
 
 
 def test_paired_bootstrap_sees_a_known_difference():
     folds = [fabricated(base_acc=0.80, variant_acc=0.86, seed=k) for k in range(2)]
-    stats = verdict.paired_bootstrap(folds, replicates=1000, seed=0)
+    stats = bootstrap.paired_bootstrap(folds, replicates=1000, seed=0)
     assert stats["pairs"] == 4 and 0.03 < stats["delta"] < 0.09
     assert 0 < stats["low"] < stats["delta"] < stats["high"]
-    assert verdict.verdict_of(stats["low"], stats["high"]) == "better"
-    worse = verdict.paired_bootstrap([verdict.PairedFold(f.labels, f.persons, f.variant, f.base) for f in folds])
-    assert verdict.verdict_of(worse["low"], worse["high"]) == "worse"
+    assert bootstrap.verdict_of(stats["low"], stats["high"]) == "better"
+    worse = bootstrap.paired_bootstrap([bootstrap.PairedFold(f.labels, f.persons, f.variant, f.base) for f in folds])
+    assert bootstrap.verdict_of(worse["low"], worse["high"]) == "worse"
 
 
 def test_paired_bootstrap_with_no_difference_is_within_noise():
     same = fabricated(n_persons=100)
     same.variant = same.base.copy()
-    stats = verdict.paired_bootstrap([same], replicates=200)
+    stats = bootstrap.paired_bootstrap([same], replicates=200)
     assert stats["delta"] == 0 and stats["low"] == stats["high"] == 0
-    assert verdict.verdict_of(stats["low"], stats["high"]) == "within noise"
+    assert bootstrap.verdict_of(stats["low"], stats["high"]) == "within noise"
     # equally good models, different errors: the interval straddles 0, in nearly every draw of the data
     straddles = 0
     for k in range(20):
-        stats = verdict.paired_bootstrap([fabricated(n_persons=100, seed=k)], replicates=300, seed=k)
+        stats = bootstrap.paired_bootstrap([fabricated(n_persons=100, seed=k)], replicates=300, seed=k)
         straddles += stats["low"] <= 0 <= stats["high"]
     assert straddles >= 17
 
@@ -164,20 +165,21 @@ def test_pairing_and_seed_spread():
     wrong = np.flatnonzero(fold.base[0] != fold.labels)
     fold.variant = fold.base.copy()  # like two real models: the variant mostly makes the base's mistakes
     fold.variant[0, wrong[::8]] = fold.labels[wrong[::8]]
-    paired = verdict.paired_bootstrap([fold], replicates=500)
+    paired = bootstrap.paired_bootstrap([fold], replicates=500)
     # unpaired: each model on its own draw of persons (what comparing two separate bootstraps would do)
     rng = np.random.default_rng(0)
     w1, w2 = (rng.multinomial(200, np.full(200, 1 / 200), size=500).astype(float) for _ in range(2))
-    unpaired = verdict.fold_f1(fold, w1)[1][:, 0] - verdict.fold_f1(fold, w2)[0][:, 0]
+    unpaired = bootstrap.fold_f1(fold, w1)[1][:, 0] - bootstrap.fold_f1(fold, w2)[0][:, 0]
     assert paired["low"] > 0 > np.percentile(unpaired, 2.5)  # the same gain: sure when paired, not when unpaired
     assert paired["high"] - paired["low"] < 0.5 * (np.percentile(unpaired, 97.5) - np.percentile(unpaired, 2.5))
-    spread = verdict.seed_spread({0: [0.90, 0.91], 1: [0.85, 0.88], 2: [0.7]})
+    spread = bootstrap.seed_spread({0: [0.90, 0.91], 1: [0.85, 0.88], 2: [0.7]})
     assert spread["folds"] == 2 and spread["max_gap"] == pytest.approx(0.03)
     assert spread["std"] == pytest.approx(np.mean([np.std([0.90, 0.91], ddof=1), np.std([0.85, 0.88], ddof=1)]))
-    assert verdict.seed_spread({0: [0.9]}) is None
+    assert bootstrap.seed_spread({0: [0.9]}) is None
 
 
 # --------------------------------------------------------------------------- claims and workers
+@pytest.mark.slow
 def test_claims_are_atomic_on_sqlite_under_contention(tmp_path):
     sys.path.insert(0, str(REPO / "bench"))
     import sweep_checks  # three processes race to pop the same WAITING trials (bench/sweep_checks.py)
@@ -211,6 +213,7 @@ def starts(tmp_path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
+@pytest.mark.slow
 def test_two_workers_on_one_storage_share_the_plan(tmp_path):
     cmd = fake_sweep(tmp_path)
     env = fake_env(tmp_path, FAKE_TRAIN_SLEEP="0.2", FAKE_TRAIN_ACC=json.dumps({"--lr 1e-2": 0.95}))
@@ -228,6 +231,7 @@ def test_two_workers_on_one_storage_share_the_plan(tmp_path):
     assert "| lr-1e-2 " in table and "better" in table and "base seed-to-seed spread: std" in table
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_where_it_stopped(tmp_path):
     cmd = fake_sweep(tmp_path, "--repeats", "1")
     hang = "lr-1e-3_f1_s42"  # the last of the 6 runs: it writes last.pt, then hangs until killed
@@ -250,39 +254,134 @@ def test_a_killed_sweep_resumes_where_it_stopped(tmp_path):
     assert "6/6 done" in out.stdout and (tmp_path / "runs" / "s" / "verdict.csv").is_file()
 
 
+def running(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie no parent has reaped yet does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+def test_a_worker_killed_with_kill_9_takes_its_training_with_it(tmp_path):
+    cmd = fake_sweep(tmp_path, "--repeats", "1", "--folds", "0")
+    hang = "lr-1e-3_f0_s42"  # the last of the 3 runs: it writes last.pt, then hangs until killed
+    worker = subprocess.Popen(
+        cmd, env=fake_env(tmp_path, FAKE_TRAIN_HANG=hang), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while hang not in [r["name"] for r in starts(tmp_path)] and time.time() < deadline:
+        time.sleep(0.2)
+    (trainer,) = [r["pid"] for r in starts(tmp_path) if r["name"] == hang]
+    try:
+        worker.send_signal(signal.SIGKILL)  # the worker alone: its training is not in the signal's way
+        worker.wait()
+        deadline = time.time() + 60
+        while running(trainer) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not running(trainer), "the training outlived its worker"
+    finally:
+        if running(trainer):
+            os.kill(trainer, signal.SIGKILL)
+    out = subprocess.run(cmd, env=fake_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert [r["name"] for r in starts(tmp_path)].count(hang) == 2 and "3/3 done" in out.stdout
+
+
+@pytest.mark.slow
+def test_a_run_another_process_trains_is_waited_for(tmp_path):
+    from helpers import hold_run_lock
+
+    cmd = fake_sweep(tmp_path, "--repeats", "1", "--folds", "0")
+    name = "lr-1e-2_f0_s42"
+    held = tmp_path / "runs" / "s" / name
+    held.mkdir(parents=True)  # no checkpoint yet: once free, a fresh run whose directory is cleared first
+    holder = hold_run_lock(held)
+    try:
+        sweep_proc = subprocess.Popen(cmd, env=fake_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True)  # fmt: skip
+        seen = []
+        for line in sweep_proc.stdout:
+            seen.append(line)
+            if f"waiting for {name}" in line:
+                break
+        assert f"waiting for {name}: pid {holder.pid} is still training it" in seen[-1], "".join(seen)
+        assert name not in [r["name"] for r in starts(tmp_path)] and (held / "train.lock").is_file(), "left alone"
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops its lock
+        holder.wait()
+    rest = sweep_proc.communicate(timeout=300)[0]
+    assert sweep_proc.returncode == 0, "".join(seen) + rest
+    assert [r["name"] for r in starts(tmp_path)].count(name) == 1 and "3/3 done" in rest
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_optunas_private_ids_are_the_storages_ids(tmp_path, kind):
+    """queue.trial_id and queue.study_id read optuna's private ``_trial_id`` and ``_study_id`` (its public API
+    has no other way to the storage's keys): an optuna upgrade that renames or changes them fails here."""
+    import optuna
+
+    if kind == "sqlite":
+        storage = queue.open_storage(f"sqlite:///{tmp_path / 'ids.db'}", 10, 60)
+    else:
+        storage = optuna.storages.InMemoryStorage()
+    for name in ("a", "b"):  # two studies: the ids must be the storage's, not numbers within one study
+        study = optuna.create_study(study_name=name, storage=storage)
+        sid = queue.study_id(study)
+        assert isinstance(sid, int) and storage.get_study_name_from_id(sid) == name
+        assert storage.get_study_id_from_name(name) == sid
+        study.enqueue_trial({"x": 1.0})
+        for trial in (study.ask(), study.ask()):  # a Trial: the queued one, then a fresh one
+            tid = queue.trial_id(trial)
+            assert isinstance(tid, int) and storage.get_trial(tid).number == trial.number
+            assert storage.get_trial_id_from_study_id_trial_number(sid, trial.number) == tid
+            assert optuna.Trial(study, tid).number == trial.number  # how the supervisor reopens a claimed trial
+        for frozen in storage.get_all_trials(sid):  # a FrozenTrial: what claim() reads from the storage
+            assert queue.trial_id(frozen) == storage.get_trial_id_from_study_id_trial_number(sid, frozen.number)
+        study.enqueue_trial({"x": 2.0})
+        claimed = queue.claim(storage, queue.study_id(study))
+        assert storage.get_trial(claimed).state == optuna.trial.TrialState.RUNNING
+        assert storage.get_trial(claimed).params == {} and storage.get_trial(claimed).number == 2
+
+
+@pytest.mark.slow
 def test_dead_workers_runs_are_requeued(tmp_path):
     import optuna
     from optuna.trial import TrialState
 
-    storage = sweep.open_storage(f"sqlite:///{tmp_path / 'd.db'}", 1, 1)
+    storage = queue.open_storage(f"sqlite:///{tmp_path / 'd.db'}", 1, 1)
     study = optuna.create_study(study_name="d", storage=storage)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     workers = {
-        "here, exited": {"host": sweep.socket.gethostname(), "pid": int(dead.stdout)},
-        "here, alive": {"host": sweep.socket.gethostname(), "pid": os.getpid()},
+        "here, exited": {"host": socket.gethostname(), "pid": int(dead.stdout)},
+        "here, alive": {"host": socket.gethostname(), "pid": os.getpid()},
         "elsewhere": {"host": "another-machine", "pid": 1},
     }
     for key in workers:
         study.enqueue_trial({"k": key}, user_attrs={"key": key})
     for worker in workers.values():  # claims go in queue order: the trials of the keys above
-        trial_id = sweep.claim(storage, study._study_id)
+        trial_id = queue.claim(storage, queue.study_id(study))
         storage.record_heartbeat(trial_id)
         storage.set_trial_user_attr(trial_id, "worker", worker)
 
     def waiting() -> list:
         return sorted(t.user_attrs["key"] for t in study.get_trials(states=(TrialState.WAITING,)))
 
-    assert sweep.fail_dead_workers(study, storage) == 1 and waiting() == ["here, exited"]  # at once
+    assert queue.fail_dead_workers(study, storage) == 1 and waiting() == ["here, exited"]  # at once
     time.sleep(2.5)  # past the grace period, only "elsewhere" has stopped beating (alive beats here, by hand)
-    storage.record_heartbeat(study.get_trials(states=(TrialState.RUNNING,))[0]._trial_id)
-    sweep.fail_dead_workers(study, storage)
+    storage.record_heartbeat(queue.trial_id(study.get_trials(states=(TrialState.RUNNING,))[0]))
+    queue.fail_dead_workers(study, storage)
     assert waiting() == ["elsewhere", "here, exited"]
     retried = study.get_trials(states=(TrialState.WAITING,))
     assert all("worker" not in t.user_attrs for t in retried)  # the new attempt gets its own worker
     assert {t.system_attrs["fixed_params"]["k"] for t in retried} == {"elsewhere", "here, exited"}
-    assert sweep.run_states(study) == {"here, exited": "WAITING", "here, alive": "RUNNING", "elsewhere": "WAITING"}
+    assert queue.run_states(study) == {"here, exited": "WAITING", "here, alive": "RUNNING", "elsewhere": "WAITING"}
 
 
+@pytest.mark.slow
 def test_failed_runs_are_reported_and_retried(tmp_path, monkeypatch, capsys):
     cmd = fake_sweep(tmp_path, "--keep", "best", "--repeats", "1")
     for key, value in fake_env(tmp_path, FAKE_TRAIN_FAIL="lr-1e-3_f0_s42").items():
@@ -298,6 +397,7 @@ def test_failed_runs_are_reported_and_retried(tmp_path, monkeypatch, capsys):
     assert [r["name"] for r in starts(tmp_path)].count("lr-1e-3_f0_s42") == 2
 
 
+@pytest.mark.slow
 def test_search_mode_tpe_trials_against_the_base(tmp_path, monkeypatch):
     cmd = fake_sweep(tmp_path, "--search", "--trials", "2", "--repeats", "1", "--folds", "0")
     cmd[cmd.index("lr=1e-2,1e-3")] = "lr=1e-4:1e-2:log"
@@ -332,6 +432,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- a real sweep
+@pytest.mark.slow
 def test_real_tiny_sweep_end_to_end(tmp_path):
     from helpers import make_tiny_dataset
 

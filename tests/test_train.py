@@ -26,9 +26,12 @@ from helpers import make_tiny_dataset  # noqa: E402
 
 import train  # noqa: E402
 from maskcls import artifacts, augment, checkpoint, config, optim, sampler  # noqa: E402
-from maskcls import data as dataset  # noqa: E402
 from maskcls.distributed import DistInfo  # noqa: E402
+from maskcls.folds import Split, person_folds, split_records  # noqa: E402
+from maskcls.images import IMAGENET_MEAN, IMAGENET_STD, ImageCache  # noqa: E402
+from maskcls.labels import class_names  # noqa: E402
 from maskcls.registry import UnknownNameError  # noqa: E402
+from maskcls.tables import build_image_table, inverse_frequency, load_train, read_eval_table  # noqa: E402
 from maskcls.utils import UserError  # noqa: E402
 
 N_PERSONS = 15  # 3 folds of 5 persons: 35 valid images, an odd count (DDP pads, then de-duplicates)
@@ -58,6 +61,14 @@ ARTIFACTS = (
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     return make_tiny_dataset(tmp_path_factory.mktemp("data") / "data", n_persons=N_PERSONS)["data_dir"]
+
+
+@pytest.fixture(scope="module")
+def data_dir_2folds(data_dir, tmp_path_factory) -> Path:
+    """data_dir's persons for the 2-fold runs: a data folder has one train/folds.csv, written for 3 folds there."""
+    copy = tmp_path_factory.mktemp("data_2folds") / "data"
+    shutil.copytree(data_dir, copy, ignore=shutil.ignore_patterns("folds.csv"))
+    return copy
 
 
 def base_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
@@ -99,10 +110,10 @@ def _epoch(loader, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def test_training_loader_is_the_same_whatever_the_workers_and_cache(data_dir):
-    records = dataset.build_image_table(data_dir, log=None)
-    split = dataset.Split(train=records[:40], valid=records[40:48])
-    size, mean, std = (24, 20), dataset.IMAGENET_MEAN, dataset.IMAGENET_STD
-    cache = dataset.ImageCache([r.path for r in records[:48]], size, progress=False, log=None)
+    records = build_image_table(data_dir, log=None)
+    split = Split(train=records[:40], valid=records[40:48])
+    size, mean, std = (24, 20), IMAGENET_MEAN, IMAGENET_STD
+    cache = ImageCache([r.path for r in records[:48]], size, progress=False, log=None)
 
     def loader(workers, image_cache):
         return sampler.build_loaders(
@@ -207,7 +218,7 @@ def test_mixed_loss_weights_both_targets():
 
 
 def test_inverse_frequency_weights():
-    w = dataset.inverse_frequency(np.array([0, 0, 0, 1]), num_classes=3)
+    w = inverse_frequency(np.array([0, 0, 0, 1]), num_classes=3)
     assert w[0] == pytest.approx(4 / (2 * 3)) and w[1] == pytest.approx(4 / (2 * 1)) and w[2] == 1.0
 
 
@@ -293,6 +304,7 @@ def test_fold_values():
     config.check_args(parse(["--fold", "none", "--val-ratio", "0.2", "--patience", "3"]))
 
 
+@pytest.mark.slow
 def test_unknown_names_end_with_one_line(data_dir, tmp_path):
     cases = {"--model": "ResNet18", "--criterion": "focal", "--optimizer": "madgrad"}
     # The three CLIs start together: most of their time is importing torch, which overlaps well.
@@ -313,6 +325,7 @@ def test_unknown_names_end_with_one_line(data_dir, tmp_path):
 
 
 # --------------------------------------------------------------------------- a full run
+@pytest.mark.slow
 def test_run_writes_every_artifact(finished_run: Path, data_dir: Path):
     for name in ARTIFACTS:
         assert (finished_run / name).is_file(), name
@@ -338,7 +351,7 @@ def test_run_writes_every_artifact(finished_run: Path, data_dir: Path):
     preds = read_csv(finished_run / "valid_preds.csv")
     assert list(preds[0]) == ["rel", "person_id", "label", "pred", *(f"p{i}" for i in range(18))]
     assert len(preds) == 35 and len({r["rel"] for r in preds}) == 35
-    folds = dataset.person_folds(dataset.load_train(data_dir, log=None)[0], n_folds=3, seed=42)
+    folds = person_folds(load_train(data_dir, log=None)[0], n_folds=3, seed=42)
     assert all(folds[r["person_id"]] == 0 for r in preds), "valid = exactly the persons of fold 0"
     probs = np.array([[float(r[f"p{i}"]) for i in range(18)] for r in preds])
     assert np.allclose(probs.sum(1), 1, atol=1e-4)
@@ -348,7 +361,7 @@ def test_run_writes_every_artifact(finished_run: Path, data_dir: Path):
     assert ckpt["format"] == "maskcls-checkpoint" and ckpt["version"] == 1
     meta = ckpt["meta"]
     assert meta["model"] == "timm:test_resnet" and meta["head"] == "single" and meta["image_size"] == [32, 32]
-    assert meta["classes"] == dataset.class_names() and meta["num_classes"] == 18 and meta["image_dir"] == "images"
+    assert meta["classes"] == class_names() and meta["num_classes"] == 18 and meta["image_dir"] == "images"
     assert meta["epoch"] == summary["best_epoch"] and meta["metrics"]["f1"] == pytest.approx(summary["best"]["f1"])
     assert not any(k.startswith("module.") for k in ckpt["model_state"])
     last = torch.load(finished_run / "last.pt", map_location="cpu", weights_only=True)
@@ -357,6 +370,7 @@ def test_run_writes_every_artifact(finished_run: Path, data_dir: Path):
     assert last["epoch"] == 4 and {"torch", "numpy", "python"} <= set(last["rng"])
 
 
+@pytest.mark.slow
 def test_tensorboard_has_every_tag(finished_run: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -370,6 +384,7 @@ def test_tensorboard_has_every_tag(finished_run: Path):
     assert "hparam/best_f1" in tags["scalars"]
 
 
+@pytest.mark.slow
 def test_model_learns_the_easy_task(finished_run: Path):
     # Colour encodes the label: after 4 short epochs the model is far above the 1/18 chance level.
     summary = json.loads((finished_run / "summary.json").read_text())
@@ -386,6 +401,7 @@ def test_run_dir_is_never_overwritten(tmp_path):
 
 
 # --------------------------------------------------------------------------- config reload
+@pytest.mark.slow
 def test_config_reload_with_cli_override(finished_run: Path):
     config = finished_run / "config.json"
     args = train.get_args_parser().parse_args(["--config", str(config), "--lr", "0.5", "--epochs", "1"])
@@ -395,6 +411,29 @@ def test_config_reload_with_cli_override(finished_run: Path):
     assert args.data_dir == saved["data_dir"] and args.batch_size == 8 and args.folds == 3
     assert args.config == str(config) and args.resume is None
     assert train.get_args_parser().parse_args([]).model == "ResNet18", "a fresh parser has the real defaults"
+
+
+def test_config_rerun_is_named_by_what_changed(tmp_path):
+    """--config without --name: the flags that differ from the saved run, before its fold part (so its folds stay
+    one model group), deterministic; a clash still gets _2 from train.py (issue 25)."""
+    path = tmp_path / "config.json"
+
+    def rerun(saved_name, *argv: str) -> str:
+        saved = train.get_args_parser().parse_args(["--model", "test_resnet", "--workers", "2"])
+        saved.name = saved_name
+        path.write_text(json.dumps({"args": config.json_args(saved)}))
+        return train.get_args_parser().parse_args(["--config", str(path), *argv]).name
+
+    assert rerun("x", "--lr", "1e-3") == "x_lr1e-3"
+    assert rerun("r18_fold0", "--lr", "0.001", "--no-pretrained", "--resize", "48", "36") == (
+        "r18_lr1e-3_no-pretrained_resize48x36_fold0"
+    )
+    assert rerun("r18_fold0_2", "--fold", "1", "--criterion", "focal") == "r18_criterion-focal_fold1"
+    assert rerun("r18_fold0", "--workers", "0", "--output-dir", "elsewhere") == "r18_fold0", "not what the run is"
+    assert rerun("r18_fold0") == "r18_fold0"  # a plain repeat: r18_fold0_2
+    assert rerun("r18_fold0", "--name", "mine", "--lr", "1") == "mine"
+    assert rerun(None, "--lr", "3e-4", "--epochs", "20") == "test_resnet_ce_epochs20_fold0"  # 3e-4: the default
+    assert rerun(None, "--model", "ResNet18", "--fold", "all") == "ResNet18_ce_cv5"
 
 
 def test_config_errors_are_one_line(tmp_path):
@@ -407,9 +446,11 @@ def test_config_errors_are_one_line(tmp_path):
 
 
 # --------------------------------------------------------------------------- resume
+@pytest.mark.slow
 def test_resume_continues_exactly(data_dir, tmp_path):
+    # --amp off: fp32 whatever the machine, so that the resumed run compares exactly with the straight one
     extra = ["--epochs", "2", "--name", "r", "--cutmix", "0.5", "--ema", "0.9", "--sampler", "weighted",
-             "--scheduler", "cyclic", "--class-weights", "balanced"]  # fmt: skip
+             "--scheduler", "cyclic", "--class-weights", "balanced", "--amp", "off"]  # fmt: skip
     straight = Path(train_run(base_args(data_dir, tmp_path / "a", *extra))["run_dir"])
     killed = train_run(base_args(data_dir, tmp_path / "b", *extra, "--stop-after", "1"))
     assert killed["status"] == "stopped"
@@ -434,6 +475,7 @@ def test_resume_continues_exactly(data_dir, tmp_path):
     assert not list(run_dir.glob("config.edited*")), "train.py's own config.json is updated in place"
 
 
+@pytest.mark.slow
 def test_resume_keeps_a_hand_edited_config_aside(data_dir, tmp_path, capsys):
     """--resume takes the arguments from last.pt: a config.json edited by hand (even into invalid JSON) is moved
     aside with a one-line warning, never overwritten, and a new one is written."""
@@ -460,6 +502,7 @@ def test_resume_keeps_a_hand_edited_config_aside(data_dir, tmp_path, capsys):
     assert len(read_csv(run / "log.csv")) == 3 and json.loads(config.read_text())["args"]["epochs"] == 3
 
 
+@pytest.mark.slow
 def test_resume_of_another_model_is_one_line(finished_run: Path):
     summary = (finished_run / "summary.json").read_bytes()
     args = train.get_args_parser().parse_args(["--resume", str(finished_run / "last.pt"), "--model", "resnet10t"])
@@ -469,6 +512,31 @@ def test_resume_of_another_model_is_one_line(finished_run: Path):
     assert (finished_run / "summary.json").read_bytes() == summary, "a refused resume writes nothing"
 
 
+@pytest.mark.slow
+def test_a_second_trainer_of_a_run_is_refused_in_one_line(finished_run: Path, tmp_path):
+    from helpers import hold_run_lock
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    holder = hold_run_lock(run)  # as a first `train.py --resume` would, still training
+    files = {p.name: p.read_bytes() for p in run.iterdir()}
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "train.py"), "--resume", str(run)],
+            capture_output=True, text=True, env=subprocess_env(), timeout=300,
+        )  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {run} is being trained by pid {holder.pid}; wait for that to end, or stop it (kill {holder.pid}), "
+        "then run this again"
+    )
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == files, "the refused trainer wrote nothing"
+
+
+@pytest.mark.slow
 def test_corrupt_last_pt(finished_run: Path, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
@@ -487,7 +555,34 @@ def test_corrupt_last_pt(finished_run: Path, tmp_path, capsys):
         checkpoint.resolve_resume(str(tmp_path / "other.pt"))
 
 
+@pytest.mark.slow
+def test_resume_from_best_pt_keeps_the_corrupt_last_pt_and_the_dropped_log_rows(data_dir, tmp_path, capsys):
+    """The issue's probe 8: a finished run whose last.pt is cut in half, resumed. It goes on from best.pt and says
+    from which epoch; the corrupt last.pt and the log rows after that epoch stay on disk under their own names."""
+    run = tmp_path / "p8"
+    assert train_run(base_args(data_dir, tmp_path, "--epochs", "2", "--name", "p8", "--stop-after", "1"))
+    best_of_epoch_1 = (run / "best.pt").read_bytes()
+    assert train_run(["--resume", str(run)])["status"] == "finished"
+    (run / "best.pt").write_bytes(best_of_epoch_1)  # epoch 1 stays the best: resuming from it rewinds one epoch
+    log_before = (run / "log.csv").read_text().splitlines()
+    cut = (run / "last.pt").read_bytes()[:1000]
+    (run / "last.pt").write_bytes(cut)
+    capsys.readouterr()
+    assert train_run(["--resume", str(run)])["status"] == "finished"
+    err = capsys.readouterr().err
+    (line,) = [w for w in err.splitlines() if w.startswith(f"warning: {run} resumes after epoch 1 from best.pt")]
+    (corrupt,) = run.glob("last.pt.corrupt-*")
+    (dropped,) = run.glob("log.dropped-*.csv")
+    assert f"last.pt (corrupt) is kept as {corrupt}" in line and f"rows of epoch(s) 2 are kept in {dropped}" in line
+    assert corrupt.read_bytes() == cut
+    assert dropped.read_text().splitlines() == [log_before[0], log_before[2]]  # the header and epoch 2's row
+    log_after = (run / "log.csv").read_text().splitlines()
+    assert log_after[:2] == log_before[:2] and [r["epoch"] for r in read_csv(run / "log.csv")] == ["1", "2"]
+    assert torch.load(run / "last.pt", map_location="cpu", weights_only=True)["epoch"] == 2
+
+
 # --------------------------------------------------------------------------- variants
+@pytest.mark.slow
 def test_multi_head_run_with_every_trick(data_dir, tmp_path):
     result = train_run(
         base_args(
@@ -508,13 +603,14 @@ def test_multi_head_run_with_every_trick(data_dir, tmp_path):
     assert np.allclose(probs.sum(1), 1, atol=1e-4)
     # validation is scored at 60 whatever the training threshold: a 58-year-old is 30-59 in valid_preds
     labels = dict(zip((r["rel"] for r in preds), (int(r["label"]) for r in preds)))
-    for rec in dataset.load_train(data_dir, log=None)[1]:
+    for rec in load_train(data_dir, log=None)[1]:
         if rec.rel in labels:
             assert labels[rec.rel] == rec.label(60)
 
 
-def test_fold_all_writes_cv_summary(data_dir, tmp_path):
-    result = train_run(base_args(data_dir, tmp_path, "--fold", "all", "--folds", "2", "--epochs", "1"))
+@pytest.mark.slow
+def test_fold_all_writes_cv_summary(data_dir_2folds, tmp_path):
+    result = train_run(base_args(data_dir_2folds, tmp_path, "--fold", "all", "--folds", "2", "--epochs", "1"))
     parent = Path(result["run_dir"])
     assert parent.name == "test_resnet_ce_cv2"
     cv = json.loads((parent / "cv_summary.json").read_text())
@@ -527,8 +623,9 @@ def test_fold_all_writes_cv_summary(data_dir, tmp_path):
     assert len(rels) == len(set(rels)) == N_PERSONS * 7, "out-of-fold predictions cover every image once"
 
 
-def test_fold_all_resumes_fold_by_fold(data_dir, tmp_path):
-    argv = base_args(data_dir, tmp_path, "--fold", "all", "--folds", "2", "--epochs", "2", "--name", "cv")
+@pytest.mark.slow
+def test_fold_all_resumes_fold_by_fold(data_dir_2folds, tmp_path):
+    argv = base_args(data_dir_2folds, tmp_path, "--fold", "all", "--folds", "2", "--epochs", "2", "--name", "cv")
     assert train_run([*argv, "--stop-after", "1"])["status"] == "stopped"
     parent = tmp_path / "cv"
     assert not (parent / "cv_summary.json").exists() and not (parent / "fold1").exists()
@@ -542,7 +639,31 @@ def test_fold_all_resumes_fold_by_fold(data_dir, tmp_path):
         config.check_args(train.get_args_parser().parse_args(["--resume", str(parent), "--fold", "1"]))
 
 
-def test_crash_marks_summary_failed(data_dir, tmp_path):
+def test_a_diverged_run_stops_and_saves_no_nan_model(data_dir, tmp_path, capsys):
+    """The issue's probe: --lr 1e30 with one batch per epoch, so the per-batch loss check sees only the loss
+    before the one step. The epoch's weights or validation go non-finite: the run stops before saving them."""
+    from helpers import run_cli
+
+    argv = base_args(data_dir, tmp_path, "--epochs", "2", "--name", "nan", "--lr", "1e30", "--batch-size", "256")
+    code, _, err = run_cli(train, argv, capsys)
+    line = err.strip().splitlines()[-1]
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    assert line.startswith("error: ") and "became nan" in line and "(epoch 1/2" in line and "lower --lr" in line, line
+    run = tmp_path / "nan"
+    assert not (run / "best.pt").exists() and not (run / "last.pt").exists() and not (run / "log.csv").exists()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and "became nan" in summary["error"]
+
+
+def test_non_finite_weights_are_found_by_name():
+    state = {"a.weight": torch.ones(3), "steps": torch.tensor(4), "b.bias": torch.tensor([0.0, float("inf")])}
+    assert checkpoint.non_finite_tensor(state) == "b.bias"
+    state["b.bias"][1] = 1.0
+    assert checkpoint.non_finite_tensor(state) is None and checkpoint.non_finite_tensor({}) is None
+
+
+@pytest.mark.slow
+def test_crash_marks_summary_failed(data_dir, tmp_path, capsys):
     broken = tmp_path / "data"
     shutil.copytree(data_dir, broken)
     victim = next((broken / "train" / "images").glob("*/mask3.*"))
@@ -552,8 +673,24 @@ def test_crash_marks_summary_failed(data_dir, tmp_path):
     summary = json.loads((tmp_path / "runs" / "boom" / "summary.json").read_text())
     assert summary["status"] == "failed" and "cannot read image" in summary["error"]
 
+    # issue 25: inference says what became of the run, and the retry (data fixed) takes the name back
+    import inference
+
+    with pytest.raises(UserError) as e:
+        inference.main(inference.get_args_parser().parse_args(["--run", str(tmp_path / "runs" / "boom")]))
+    assert str(e.value).startswith(f"{tmp_path / 'runs' / 'boom'} has no best.pt: it failed after 0 epoch(s): cannot")
+    shutil.copyfile(data_dir / victim.relative_to(broken), victim)
+    capsys.readouterr()
+    result = train_run(base_args(broken, tmp_path / "runs", "--epochs", "1", "--name", "boom"))
+    assert Path(result["run_dir"]) == tmp_path / "runs" / "boom" and result["status"] == "finished"
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["boom"]
+    said = [line for line in capsys.readouterr().out.splitlines() if "replacing" in line]
+    assert len(said) == 1 and said[0].startswith(f"{tmp_path / 'runs' / 'boom'}: replacing the run of this name")
+    assert "ended before its first checkpoint (nothing in it to resume); it had stopped with: cannot read" in said[0]
+
 
 # --------------------------------------------------------------------------- DDP (slowest: two processes)
+@pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(data_dir, tmp_path):
     argv = base_args(data_dir, tmp_path, "--epochs", "1", "--sampler", "weighted")
     proc = subprocess.run(
@@ -592,8 +729,33 @@ def test_amp_auto_is_bf16_only_where_native(monkeypatch):
     monkeypatch.setattr(utils, "native_bf16", lambda device: False)
     assert utils.amp_dtype("auto", cpu) is None and utils.amp_dtype("bf16", cpu) == torch.bfloat16
     assert train.get_args_parser().parse_args(["--amp", "auto"]).amp == "auto"
+    assert train.get_args_parser().parse_args([]).amp == "auto", "the default, as inference.py's (issue 25)"
+    assert [utils.amp_name(d) for d in (None, torch.bfloat16, torch.float16)] == ["off", "bf16", "fp16"]
 
 
+@pytest.mark.slow
+def test_a_log_file_gets_a_line_per_epoch_and_no_progress_bars(data_dir, tmp_path):
+    """train.py logging to a file (nohup, a scheduler, the demo's second fold): no tqdm redraws (\\r), one line
+    per epoch. --amp is auto by default: the first line and summary.json say what it came to (issue 25)."""
+    log = tmp_path / "train.log"
+    argv = base_args(data_dir, tmp_path / "runs", "--epochs", "2", "--name", "logged", "--log-interval", "1")
+    with open(log, "w") as f:
+        proc = subprocess.run(
+            [sys.executable, "train.py", *argv], cwd=REPO, stdout=f, stderr=f, env=subprocess_env(), timeout=300
+        )
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    assert "\r" not in text
+    assert [line.split(":")[0] for line in text.splitlines() if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
+    from maskcls import utils
+
+    ran = "bf16" if utils.native_bf16(torch.device("cpu")) else "off"
+    assert json.loads((tmp_path / "runs" / "logged" / "summary.json").read_text())["amp"] == ran
+    first = next(line for line in text.splitlines() if line.startswith(f"{tmp_path / 'runs' / 'logged'}: "))
+    assert first.endswith(f", amp {ran} (--amp auto)"), first
+
+
+@pytest.mark.slow
 def test_fold_none_trains_on_every_person_without_validation(data_dir, tmp_path):
     result = train_run(base_args(data_dir, tmp_path, "--fold", "none", "--epochs", "2", "--name", "all"))
     run = Path(result["run_dir"])
@@ -602,23 +764,24 @@ def test_fold_none_trains_on_every_person_without_validation(data_dir, tmp_path)
     assert [r["epoch"] for r in rows] == ["1", "2"] and all(r["valid_f1"] == "" for r in rows)
     assert not (run / "valid_preds.csv").exists()
     # inference reads best.pt: the last epoch's weights
-    n_images = len(dataset.load_train(data_dir, log=None)[1])
+    n_images = len(load_train(data_dir, log=None)[1])
     best, last = (torch.load(run / f, map_location="cpu", weights_only=True) for f in ("best.pt", "last.pt"))
     assert best["meta"]["epoch"] == 2 and best["meta"]["metrics"] == {}
     for k, v in best["model_state"].items():
         assert torch.equal(v, last["model_state"][k]), k
-    import inference
+    from maskcls import predict
 
-    assert inference.load_checkpoint(run / "best.pt")["meta"]["epoch"] == 2  # what inference.py --run reads
-    split = dataset.split_records(*reversed(dataset.load_train(data_dir, log=None)), None, 3, 42, 0.0)
+    assert predict.load_checkpoint(run / "best.pt")["meta"]["epoch"] == 2  # what inference.py --run reads
+    split = split_records(*reversed(load_train(data_dir, log=None)), None, 3, 42, 0.0)
     assert len(split.train) == n_images and split.valid == []
     # --val-ratio R still holds R of the persons out (what --fold none did before)
-    held = dataset.split_records(*reversed(dataset.load_train(data_dir, log=None)), None, 3, 42, 0.3)
+    held = split_records(*reversed(load_train(data_dir, log=None)), None, 3, 42, 0.3)
     assert held.valid and len(held.train) + len(held.valid) == n_images
 
 
+@pytest.mark.slow
 def test_pseudo_labels_join_training_only(data_dir, tmp_path):
-    eval_table = dataset.read_eval_table(data_dir, "images")
+    eval_table = read_eval_table(data_dir, "images")
     pseudo_csv = tmp_path / "pseudo.csv"
     chosen = eval_table[:3]
     pseudo_csv.write_text("ImageID,ans,prob\n" + "".join(f"{i},{k + 12},0.99\n" for k, (i, _) in enumerate(chosen)))
