@@ -219,8 +219,10 @@ def predict_run(run: Path, args: argparse.Namespace, device, amp: bool) -> dict:
     net = build_model(ckpt, ckpt_path, device)
     size = (int(meta["image_size"][0]), int(meta["image_size"][1]))
     used_dir = resolve_image_dir(data_dir, "eval", image_dir).name
+    age_head = age_options(meta)["age_head"]
     print(
-        f"{ckpt_path}: {meta['model']} ({meta['head']} head, epoch {meta.get('epoch')}), {size[0]}x{size[1]}, "
+        f"{ckpt_path}: {meta['model']} ({meta['head']} head{', age in years' if age_head == 'years' else ''}, "
+        f"epoch {meta.get('epoch')}), {size[0]}x{size[1]}, "
         f"{len(ids)} eval images from {used_dir}/, tta {args.tta}, device {device}{' (bf16)' if amp else ''}"
     )
     probs, failed, speed, ages = predict(
@@ -233,7 +235,7 @@ def predict_run(run: Path, args: argparse.Namespace, device, amp: bool) -> dict:
     labels = probs.argmax(axis=1)
     eval_meta = {
         "checkpoint": str(ckpt_path), "model": meta["model"], "head": meta["head"],
-        "age_head": age_options(meta)["age_head"], "image_size": list(size),
+        "age_head": age_head, "image_size": list(size),
         "tta": args.tta, "amp": "bf16" if amp else "off", "image_dir": used_dir, "n": len(ids),
         "ids_sha1": ids_sha1(ids), "images_per_s": round(speed, 2), "unreadable": unreadable,
         "unreadable_fallback": "mean probabilities of the readable rows" if unreadable else None,

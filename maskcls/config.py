@@ -213,9 +213,7 @@ def rerun_name(saved: dict, args: argparse.Namespace) -> str:
     changed (deterministic, sorted), placed before its fold part so that a rerun's folds stay one model group:
     r18_fold0 + --lr 1e-3 -> r18_lr1e-3_fold0; + --fold 1 -> r18_fold1. A run saved with the default name gets
     the default name of the new arguments with the other changes. Nothing changed: the saved name (then _2)."""
-    changes = {
-        k: v for k, v in sorted(vars(args).items()) if k in saved and k not in NOT_IN_NAME and v != saved[k]
-    }
+    changes = {k: v for k, v in sorted(vars(args).items()) if k in saved and k not in NOT_IN_NAME and v != saved[k]}
     name = saved.get("name")
     if name is None:  # the default name says the model, criterion and fold itself
         model = models.MODELS.canonical(args.model) if args.model in models.MODELS else str(args.model)

@@ -41,8 +41,8 @@ class StepConfig:
     cutmix_beta: float = 1.0
     mixup: float = 0.0
     log_interval: int = 20
-    age_head: str = "groups"  # the multi head's age part (maskcls.age); "years" makes its probabilities from
-    old_threshold: int = 60  # the distribution's mass from this age (the run's --age-old-threshold)
+    age_head: str = "groups"  # the multi head's age part (maskcls.age)
+    old_threshold: int = 60  # the years head's old group: its mass from this age (the run's --age-old-threshold)
 
 
 def autocast(cfg: StepConfig):
