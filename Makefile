@@ -68,7 +68,7 @@ demo: install
 	rm -rf $(DEMO)
 	$(BIN)/python synthetic_data.py --out $(DEMO)/data --seed $(SEED) --workers 2 \
 		--train-persons $(DEMO_TRAIN_PERSONS) --eval-persons $(DEMO_EVAL_PERSONS)
-	$(BIN)/python dataset.py --data-dir $(DEMO)/data --folds 5 --seed 42
+	$(BIN)/python dataset.py --data-dir $(DEMO)/data --folds 5 --split-seed 42
 	$(BIN)/python crop_faces.py --data-dir $(DEMO)/data --preview 16
 	@echo "# folds 0 and 1 train side by side, one core each (fold 1 logs to $(DEMO)/train_fold1.log)"
 	OMP_NUM_THREADS=1 $(BIN)/python train.py $(DEMO_TRAIN) --fold 1 --name fold1 > $(DEMO)/train_fold1.log 2>&1 & pid=$$!; \

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from maskcls import hub
-from maskcls.age import AGE_HEADS, head_sizes
+from maskcls.age import AGE_HEADS, group_masses, head_sizes
 from maskcls.labels import DEFAULT_OLD_THRESHOLD, NUM_CLASSES  # the label layout: class = mask*6 + gender*3 + age
 from maskcls.registry import Registry, UnknownNameError
 from maskcls.utils import UserError
@@ -231,8 +231,6 @@ def logits_to_probs(
 
         mask, gender, age = (part.softmax(dim=1) for part in split_multi_logits(logits, age_head))
         if age_head == "years":
-            from maskcls.age import group_masses
-
             age = group_masses(age, old_threshold)
         return torch.einsum("nm,ng,na->nmga", mask, gender, age).reshape(len(logits), NUM_CLASSES)
     raise ValueError(f"unknown head {head!r}; use one of: {', '.join(HEADS)}")
