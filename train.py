@@ -17,6 +17,8 @@ changes the training labels.
 from __future__ import annotations
 
 import maskcls  # noqa: F401  (first: a package missing below is one line that names make install)
+from maskcls.age import expected_age
+from maskcls.augment import Augment, mix_batch, mixed_loss, recipe_of
 
 # isort: split
 import argparse
@@ -95,8 +97,6 @@ def train_one_epoch(
     ``on_first_batch()`` is called once the first batch has arrived (for the log's start-up line).
     """
     import torch
-
-    from maskcls.augment import mix_batch, mixed_loss
 
     net.train()
     optimizer.zero_grad(set_to_none=True)
@@ -195,7 +195,6 @@ def evaluate(
 
 def expected_ages(logits: torch.Tensor, cfg: StepConfig) -> np.ndarray | None:
     """The years head's expected age of each row (valid_preds.csv's age_years); None for a groups run."""
-    from maskcls.age import expected_age
 
     dist = models.age_distribution(logits, cfg.head, cfg.age_head)
     return None if dist is None else expected_age(dist).numpy()
@@ -204,7 +203,6 @@ def expected_ages(logits: torch.Tensor, cfg: StepConfig) -> np.ndarray | None:
 # --------------------------------------------------------------------------- one training run: the set-up steps
 def build_data(args: argparse.Namespace, split: Split, mean, std, info: DistInfo, device, startup):
     """(training loader, validation loader, training labels); fills the image cache first with --cache."""
-    from maskcls.augment import Augment, recipe_of
     from maskcls.sampler import build_loaders
 
     size = (args.resize[0], args.resize[1])

@@ -24,8 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from maskcls import runs
+from maskcls.labels import class_names
 from maskcls.members import check_same_split, member_names
 from maskcls.metrics import classification_metrics, format_metrics, macro_f1
+from maskcls.offsets import apply_offsets, cross_fit, fit_offsets, format_offsets
 from maskcls.utils import UserError, atomic_write_json
 from maskcls.voting import check_votes, combine, log_of, soft_vote
 
@@ -329,8 +331,6 @@ def auto_offsets(members: list[Path], names: list[str], weights: Sequence[float]
     after (measured on the rows they were fitted on), and the cross-fitted estimate (fit on half of the persons,
     score the other half, both ways round: offsets.cross_fit), which is the honest one.
     """
-    from maskcls.labels import class_names
-    from maskcls.offsets import apply_offsets, cross_fit, fit_offsets
 
     oof = group_oof(members, names, "--offsets auto", "drop --offsets auto")
     member_w = np.ones(len(members)) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -362,7 +362,6 @@ def auto_offsets(members: list[Path], names: list[str], weights: Sequence[float]
 
 
 def print_offsets(info: dict, offsets: np.ndarray) -> None:
-    from maskcls.offsets import format_offsets
 
     print(
         f"--offsets auto: per-class log-probability offsets fitted for macro F1 on the {info['rows']} out-of-fold "

@@ -17,11 +17,14 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from maskcls import models
+from maskcls.age import expected_age
 from maskcls.checkpoint import (  # one reader for train.py and inference.py
     CorruptCheckpointError,
     age_head_of,
@@ -97,7 +100,6 @@ def for_device(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
 def load_net(ckpt: dict, path: Path) -> torch.nn.Module:
     """The checkpoint's network as trained (its modules intact: age_probe.py reads the backbone), in eval mode."""
-    from maskcls import models
 
     meta = ckpt["meta"]
     net = models.create_model(meta["model"], head=meta["head"], pretrained=False, age_head=age_head_of(meta))
@@ -179,7 +181,6 @@ def _decoded_chunks(data: GuardedDataset, batch_size: int, threads: int, max_chu
 
     A chunk is up to 4 batches, fewer when that would hold more than ``max_chunk_bytes`` of float images.
     """
-    from concurrent.futures import ThreadPoolExecutor
 
     import torch
 
@@ -218,9 +219,6 @@ def predict(
     probabilities.
     """
     import torch
-
-    from maskcls import models
-    from maskcls.age import expected_age
 
     def outputs(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         logits = net(images).float()

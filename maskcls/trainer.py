@@ -14,6 +14,8 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from maskcls import checkpoint, config, losses, models, optim, utils
 from maskcls.images import IMAGENET_MEAN, IMAGENET_STD
 
@@ -99,7 +101,6 @@ def check_finite(t: Trainer, train: dict, valid: dict | None, probs, where: str)
     """Stop a diverged run after its epoch, before anything of that epoch is saved: with one optimiser step per
     epoch the per-batch loss check never sees it, and a NaN model would still beat F1 -1 and become best.pt, then
     a submission of NaN. Every rank raises alike (the losses are gathered and the weights synchronised)."""
-    import numpy as np
 
     if not math.isfinite(train["loss"]):
         raise diverged("training loss", train["loss"], where)

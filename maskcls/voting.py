@@ -17,6 +17,7 @@ import numpy as np
 from maskcls import runs
 from maskcls.members import check_same_eval_set, member_names, read_answers
 from maskcls.metrics import class_distribution, classification_metrics, format_class_distribution, format_metrics
+from maskcls.offsets import apply_offsets
 from maskcls.utils import UserError, atomic_save_npy, atomic_write_csv, atomic_write_json
 
 
@@ -113,7 +114,6 @@ def ensemble_eval(
     if offsets is not None:
         if mode != "soft":
             raise ValueError("offsets shift a soft vote's log-probabilities; hard votes have none")
-        from maskcls.offsets import apply_offsets
 
         labels = apply_offsets(log_of(ens_probs), offsets)
     member_labels = probs.argmax(axis=2)

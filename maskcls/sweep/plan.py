@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maskcls import models as model
+from maskcls.registry import UnknownNameError
 from maskcls.utils import UserError
 
 # Flags the sweep sets itself for every run, or that would make a run another experiment altogether.
@@ -134,14 +136,11 @@ class _Captured(list):
 def canonical(dest: str, value: Any) -> Any:
     """Compare values as train.py will use them: registered names by their canonical spelling."""
     if isinstance(value, str) and dest in ("criterion", "model"):
-        from maskcls.registry import UnknownNameError
-
         try:
             if dest == "criterion":
                 from maskcls import losses as loss
 
                 return loss.CRITERIA.canonical(value)
-            from maskcls import models as model
 
             return model.resolve_model_name(value)
         except UnknownNameError:

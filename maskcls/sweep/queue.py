@@ -11,6 +11,7 @@ study_id() only (tests/test_sweep.py fails if an upgrade changes them).
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import socket
@@ -87,7 +88,6 @@ def serialise_sqlite(engine) -> None:
 def requeue(study, trial) -> None:
     """Queue a new WAITING attempt of a failed trial: optuna's RetryHeartbeatStaleTrialCallback (same params,
     retry history), minus the dead attempt's worker and error, which its new worker replaces."""
-    import copy
 
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 

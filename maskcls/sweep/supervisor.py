@@ -12,6 +12,7 @@ process still trains (its lock: maskcls.runs.lock_run_dir) is waited for, never 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -100,7 +101,6 @@ def die_with_parent():
     prctl is looked up here: the forked child only makes the call (no import, no allocation before exec)."""
     if not sys.platform.startswith("linux"):
         return None
-    import ctypes
 
     prctl, parent = ctypes.CDLL(None, use_errno=True).prctl, os.getpid()
     pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)

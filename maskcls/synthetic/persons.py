@@ -9,7 +9,7 @@ extensions and ``._*`` junk files of each folder, and ``--label-noise`` on top. 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -156,7 +156,6 @@ def _wrong_age(rng: np.random.Generator, age: int) -> int:
 
 def _with_label_noise(rng: np.random.Generator, specs: list[PersonSpec], rate: float) -> list[PersonSpec]:
     """The specs with the known-id errors written wrong, and ``rate`` of the images mislabelled on top."""
-    from dataclasses import replace
 
     out = []
     for s in specs:
