@@ -7,6 +7,7 @@ modules behind them), then writes the sha256 of every artefact they produced to 
 the refactor and compare:
 
     python bench/identity.py --compare /tmp/identity_before.json bench/out/identity.json
+    python bench/identity.py --compare A.json B.json --explain WORK_A WORK_B   # what each differing json/csv adds
 
 Everything runs on the CPU, one thread (OMP_NUM_THREADS=1), with fixed seeds, from inside ``--work`` with relative
 paths. What is hashed:
@@ -315,6 +316,50 @@ def compare(path_a: Path, path_b: Path) -> int:
     return 0 if counts["DIFFERENT"] == 0 and counts["missing"] == 0 else 1
 
 
+def json_changes(a, b, where: str = "") -> list[str]:
+    """What ``b`` adds, removes or changes against ``a``, key by key (volatile keys left out)."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [] if a == b else [f"{where}: {json.dumps(a)[:60]} -> {json.dumps(b)[:60]}"]
+    out = [f"{where}/{k}: removed" for k in a if k not in b and k not in VOLATILE_KEYS]
+    out += [f"{where}/{k}: added" for k in b if k not in a and k not in VOLATILE_KEYS]
+    for k in a:
+        if k in b and k not in VOLATILE_KEYS:
+            out += json_changes(a[k], b[k], f"{where}/{k}")
+    return out
+
+
+def csv_changes(a: Path, b: Path) -> list[str]:
+    """Columns ``b`` adds or removes, and whether every column both have is equal in every row."""
+    rows_a, rows_b = (list(csv.DictReader(p.open(encoding="utf-8"))) for p in (a, b))
+    cols_a, cols_b = (set(rows[0]) if rows else set() for rows in (rows_a, rows_b))
+    common = sorted(cols_a & cols_b)
+    same = len(rows_a) == len(rows_b) and all(
+        [r[c] for c in common] == [s[c] for c in common] for r, s in zip(rows_a, rows_b)
+    )
+    out = [f"column {c}: added" for c in sorted(cols_b - cols_a)] + [
+        f"column {c}: removed" for c in sorted(cols_a - cols_b)
+    ]
+    return out + ([] if same else ["the common columns differ"])
+
+
+def explain(work_a: Path, work_b: Path, path_a: Path, path_b: Path) -> int:
+    """For each DIFFERENT json/csv artefact of two runs' work folders: only added keys/columns, or what changed."""
+    a, b = (json.loads(Path(p).read_text())["artefacts"] for p in (path_a, path_b))
+    changed = 0
+    for name in (n for n in a if n in b and a[n] != b[n]):
+        fa, fb = work_a / name, work_b / name
+        if name.endswith(".json"):
+            lines = json_changes(json.loads(fa.read_text()), json.loads(fb.read_text()))
+        elif name.endswith(".csv"):
+            lines = csv_changes(fa, fb)
+        else:
+            lines = ["binary or text: differs"]
+        changed += any(not line.endswith(": added") for line in lines)
+        print(name, *lines, sep="\n    ")
+    print(f"explain: {changed} artefact(s) with more than added keys or columns")
+    return 1 if changed else 0
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=REPO / "bench/out/identity_work", help="scratch folder")
@@ -323,10 +368,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--compare", type=Path, nargs=2, metavar=("A", "B"), default=None, help="compare two JSONs; exit 1 if unequal"
     )
+    parser.add_argument(
+        "--explain", type=Path, nargs=2, metavar=("WORK_A", "WORK_B"), default=None,
+        help="with --compare: the work folders of A and B; say what each differing json/csv adds or changes",
+    )  # fmt: skip
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.compare and args.explain:
+        return explain(*args.explain, *args.compare)
     if args.compare:
         return compare(*args.compare)
     work = args.work.absolute()
