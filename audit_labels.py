@@ -67,6 +67,7 @@ from maskcls import age_probe, utils
 from maskcls.audit.report import AUDIT_COLUMNS, SHEET, contact_sheet, suggested_fixes, suspect_rows, write_sheet
 from maskcls.audit.scoring import AGE_MARGIN, AGE_Z, COMBINE, FIELDS, Suspect, find_suspects, mark_already_fixed
 from maskcls.audit.table import (
+    MIN_TASK_F1,
     Table,
     build_table,
     check_coverage,
@@ -75,8 +76,10 @@ from maskcls.audit.table import (
     data_location,
     label_fixes_of,
     listing,
+    model_quality,
     warn,
     warn_about_training,
+    warn_if_weak,
 )
 from maskcls.cli import HelpFormatter
 from maskcls.fixes import apply_label_fixes
@@ -125,6 +128,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         "persons it validates",
     )
     parser.add_argument("--device", default="auto", help="the age probe's device: auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--min-f1", type=float, default=MIN_TASK_F1,
+        help="warn when the runs' out-of-fold F1 on a task is below this: their flags there are mostly their own",
+    )  # fmt: skip
     return parser
 
 
@@ -244,6 +251,8 @@ def main(args: argparse.Namespace) -> dict:
         raise UserError(f"--top and --age-margin must be >= 0 (got {args.top}, {args.age_margin})")
     step, notes = Progress(6 if args.age_probe else 5), []
     table, about = load_audit_table(args, notes, step)
+    quality = model_quality(table)
+    weak = warn_if_weak(quality, args.min_f1, notes)
     years, source = None, "age probe"
     if args.age_probe:
         years = probe(table, about, args.checkpoint, args.device, args.out, step)
@@ -281,6 +290,8 @@ def main(args: argparse.Namespace) -> dict:
         "age_years": about.pop("age_years", None),
         "counts": counts,
         "suggested_fixes": len(fixes_rows),
+        "oof_quality": quality,
+        "weak_tasks": weak,
     }
     summary |= {
         "fixed_in_file": fixed_here,

@@ -305,3 +305,31 @@ def test_audits_a_real_fold_all_run(tmp_path, capsys):
         ["--runs", str(tmp_path / "runs" / "cv"), "--out", str(out), "--age-probe", "--checkpoint", "nope.pt"], capsys
     )
     assert code != 0 and len(err.strip().splitlines()) == 1 and "nope.pt" in err
+
+
+def test_a_model_too_weak_to_judge_is_warned_about_loudly(tiny, tmp_path, capsys):
+    """Issue 25, item 10: out-of-fold F1 below --min-f1 on a task is one loud warning naming it, kept in the summary."""
+    runs = write_fake_oof_runs(tmp_path / "runs", tiny, planted(tiny), folds=3)
+    out = tmp_path / "audit"
+    code, _, err = audit(["--runs", *map(str, runs), "--out", str(out), "--top", "0"], capsys)
+    assert code == 0 and "TOO WEAK" not in err, "the planted recipe is good enough"
+    summary = json.loads((out / "label_audit_summary.json").read_text())
+    assert summary["weak_tasks"] == [] and summary["oof_quality"]["f1_mask"] > 0.8
+    code, _, err = audit(["--runs", *map(str, runs), "--out", str(out), "--top", "0", "--min-f1", "1.01"], capsys)
+    assert code == 0 and "warning: THE MODEL IS TOO WEAK TO JUDGE THESE LABELS" in err and "mask" in err
+    assert json.loads((out / "label_audit_summary.json").read_text())["weak_tasks"] == [
+        "f1_mask",
+        "f1_gender",
+        "f1_age",
+    ]
+
+
+def test_model_quality_is_the_oof_macro_f1():
+    probs = np.zeros((2, 7, 18))
+    labels = np.array([[0] * 7, [17] * 7])
+    probs[0, :, 0] = 1.0
+    probs[1, :, 0] = 1.0  # person 1 predicted as class 0: wrong mask, gender and age
+    quality = table.model_quality(table.Table([], [], np.zeros(2), [], labels, probs, np.zeros(2)))
+    assert quality["acc"] == 0.5 and quality["f1_mask"] < 1
+    notes: list[str] = []
+    assert table.warn_if_weak(quality, 0.8, notes) and notes

@@ -30,6 +30,32 @@ def warn(message: str, notes: list[str]) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+# Below this out-of-fold macro F1 on a task, the model's disagreements with the labels are mostly its own mistakes.
+MIN_TASK_F1 = 0.8
+
+
+def model_quality(table: Table) -> dict[str, float]:
+    """The runs' out-of-fold quality on the labels they were trained on: macro F1 (18 classes and per task)."""
+    from maskcls.metrics import classification_metrics
+
+    return classification_metrics(table.labels.ravel(), table.probs.argmax(-1).ravel())
+
+
+def warn_if_weak(quality: dict[str, float], floor: float, notes: list[str]) -> list[str]:
+    """Warn, loudly, for each task whose out-of-fold F1 is below ``floor``; returns those tasks."""
+    weak = [task for task in ("f1_mask", "f1_gender", "f1_age") if quality[task] < floor]
+    if weak:
+        scores = ", ".join(f"{task[3:]} {quality[task]:.2f}" for task in weak)
+        warn(
+            f"THE MODEL IS TOO WEAK TO JUDGE THESE LABELS: out-of-fold F1 {scores} (18 classes {quality['f1']:.2f}), "
+            f"below --min-f1 {floor}. A model that gets this many labels wrong flags its own mistakes, not label "
+            "errors: do not merge its suggestions for those tasks; train a stronger recipe first (more epochs, "
+            "a pretrained backbone, the crops) and audit again",
+            notes,
+        )
+    return weak
+
+
 def listing(items: Sequence, limit: int = 5) -> str:
     items = [str(i) for i in items]
     return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
