@@ -54,6 +54,10 @@ def start(script: str, *argv: str, cwd: Path, preexec_fn=None) -> subprocess.Pop
     )
 
 
+def default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
@@ -347,7 +351,9 @@ def signalled(runs, tmp_path_factory) -> dict:
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     procs = {
         "term": start("train.py", *train_argv(data, root / "term"), cwd=cwd),
-        "int": start("train.py", *train_argv(data, root / "int"), cwd=cwd),
+        # SIGINT as a terminal delivers it: a shell's background job (`make test &`) starts with SIGINT ignored,
+        # which its children inherit, and Python then installs no KeyboardInterrupt handler at all
+        "int": start("train.py", *train_argv(data, root / "int"), cwd=cwd, preexec_fn=default_sigint),
         "cv": start("train.py", *train_argv(data, root / "cv"), "--fold", "all", cwd=cwd),
         "ddp": subprocess.Popen(
             [*torchrun, str(REPO / "train.py"), *train_argv(data, root / "ddp")],
