@@ -75,13 +75,12 @@ from maskcls.audit.table import (
     check_same_fixes,
     data_location,
     label_fixes_of,
-    listing,
     model_quality,
     warn,
     warn_about_training,
     warn_if_weak,
 )
-from maskcls.cli import HelpFormatter
+from maskcls.cli import HelpFormatter, listing
 from maskcls.fixes import apply_label_fixes
 from maskcls.members import check_same_split, find_members, member_names
 from maskcls.runs import load_oof_member

@@ -40,3 +40,9 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str
     return "\n".join(
         "  ".join(c.ljust(w) if k == 0 else c.rjust(w) for k, (c, w) in enumerate(zip(r, widths))) for r in cells
     )
+
+
+def listing(items: Sequence, limit: int = 5) -> str:
+    """``a, b, c and 4 more``: the first ``limit`` items of a list an error line names."""
+    items = [str(i) for i in items]
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")

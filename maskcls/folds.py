@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from maskcls import utils
-from maskcls.cli import format_table
+from maskcls.cli import format_table, listing
 from maskcls.labels import (
     DEFAULT_OLD_THRESHOLD,
     GENDER_BY_NAME,
@@ -209,7 +209,7 @@ def read_fold_rows(path: str | os.PathLike, fix: str = "") -> list[tuple[int, st
         else:
             bad.append(f"line {lineno} (id {pid!r}, fold {cell!r})")
     if bad:
-        raise UserError(f"{path}: {len(bad)} row(s) lack an id or a whole fold number >= 0: {_listing(bad)}; {fix}")
+        raise UserError(f"{path}: {len(bad)} row(s) lack an id or a whole fold number >= 0: {listing(bad)}; {fix}")
     return out
 
 
@@ -218,12 +218,8 @@ def read_folds(path: str | os.PathLike, fix: str = "") -> dict[str, int]:
     rows = read_fold_rows(path, fix)
     twice = _duplicates(rows)
     if twice:
-        raise UserError(f"{path} lists {_listing(twice)}; {fix or 'rewrite it with `python dataset.py`'}")
+        raise UserError(f"{path} lists {listing(twice)}; {fix or 'rewrite it with `python dataset.py`'}")
     return {pid: fold for _, pid, fold in rows}
-
-
-def _listing(items: Sequence[str], limit: int = 5) -> str:
-    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def _duplicates(rows: Sequence[tuple[int, str, int]]) -> list[str]:
@@ -243,10 +239,10 @@ def check_fold_rows(
     problems = []
     missing = [p.id for p in persons if p.id not in listed]
     if missing:
-        problems.append(f"{len(missing)} person(s) of train.csv missing ({_listing(missing)})")
+        problems.append(f"{len(missing)} person(s) of train.csv missing ({listing(missing)})")
     unknown = sorted(listed - known)
     if unknown:
-        problems.append(f"{len(unknown)} id(s) not in train.csv ({_listing(unknown)})")
+        problems.append(f"{len(unknown)} id(s) not in train.csv ({listing(unknown)})")
     problems += _duplicates(rows)
     if problems:
         raise UserError(f"{path} does not list each of the {len(persons)} persons once: {'; '.join(problems)}; {fix}")

@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from maskcls import utils
+from maskcls.cli import listing
 from maskcls.crop.manifest import MANIFEST_NAME
 from maskcls.fixes import DEFAULT_FIXES, Fix, apply_label_fixes, read_label_fixes
 from maskcls.labels import (
@@ -301,7 +302,7 @@ def read_eval_table(data_dir: str | os.PathLike, image_dir: str = "auto") -> lis
             missing.append(f"{image_id or '(empty)'} (line {lineno})")
         table.append((image_id, root / image_id))
     if missing:
-        shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+        shown = listing(missing, 20)
         raise UserError(
             f"{len(missing)} of {len(rows)} images listed in {csv_path} are missing from {root}: {shown}; "
             "check --data-dir, or rerun the crop step / use --image-dir images if crops are incomplete"
@@ -410,7 +411,7 @@ def read_pseudo_labels(
     paths = dict(read_eval_table(data_dir, image_dir))
     unknown = [f"{image_id} (line {lineno})" for image_id, lineno in seen.items() if image_id not in paths]
     if unknown:
-        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        shown = listing(unknown)
         raise UserError(
             f"{csv_path} names {len(unknown)} ImageID(s) not in {Path(data_dir) / 'eval' / 'info.csv'}: {shown}; "
             "the pseudo labels belong to another eval set: rerun pseudo_label.py on this --data-dir's predictions"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maskcls.cli import listing
 from maskcls.fixes import DEFAULT_FIXES, read_label_fixes
 from maskcls.labels import GENDER_BY_NAME, NUM_CLASSES, age_group, decode_label
 from maskcls.utils import UserError
@@ -54,11 +55,6 @@ def warn_if_weak(quality: dict[str, float], floor: float, notes: list[str]) -> l
             notes,
         )
     return weak
-
-
-def listing(items: Sequence, limit: int = 5) -> str:
-    items = [str(i) for i in items]
-    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 # --------------------------------------------------------------------------- the table
