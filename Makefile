@@ -33,6 +33,7 @@ lock:
 
 test: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 # While editing: everything but the tests marked slow (training, MTCNN crops, scripts run end to end); make test

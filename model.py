@@ -18,9 +18,7 @@ from maskcls.utils import run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False)
     parser.add_argument("--build", metavar="NAME", help="build this backbone with random weights and describe it")
     parser.add_argument("--head", default="multi", choices=models.HEADS, help="head to build with --build")
     parser.add_argument("--size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"), help="input size")

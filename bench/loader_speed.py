@@ -314,9 +314,7 @@ def contenders_of(args, crops, photos, size, mean, std, pin) -> dict:
         out.update(
             {
                 f"project, cached, {w} workers (the headline before this round)": loader(workers=w),
-                "project, augmentation off (resize + normalise: the baseline's work)": loader(
-                    augment={"names": ()}
-                ),
+                "project, augmentation off (resize + normalise: the baseline's work)": loader(augment={"names": ()}),
                 "project without the affine (flip + jitter only)": loader(augment=no_affine),
                 f"project with per-image torchvision v2 augmentation in {w} workers (the previous way)": timed(
                     lambda: per_image_loader(crops, size, mean, std, bs, w, pin, args.seed)

@@ -178,9 +178,7 @@ def ensembles(runs: Path, data: Path, folds: int) -> dict:
         report = json.loads((runs / f"ens_{key}_report.json").read_text())
         out[key] = {"members": names, "metrics": report["metrics"], "auto_weights": report.get("auto_weights")}
     base = [runs / f"base_f{k}" for k in range(folds)]
-    out["base_5folds"] = {
-        "metrics": ensemble_eval(base, "soft", None, runs / "ens_base5.csv", answers)["metrics"]
-    }
+    out["base_5folds"] = {"metrics": ensemble_eval(base, "soft", None, runs / "ens_base5.csv", answers)["metrics"]}
     return out
 
 

@@ -8,8 +8,9 @@
     expected_age(p)                        # (N,) the expected age in years
 
 The two training losses, each of (logits, target distribution, target age) -> per-sample loss:
-    dldl: KL(q || p) + L1(E[p], age)        DLDL-v2 (Gao et al., IJCAI 2018): a label distribution plus the
-                                           expectation's error, so a 58 is near a 60 and far from an 18
+    dldl: KL(q || p) + |E[p] - age| / sigma DLDL-v2 (Gao et al., IJCAI 2018): a label distribution plus the
+                                           expectation's error, so a 58 is near a 60 and far from an 18; the
+                                           error in units of sigma (see years_loss)
     dex:  cross entropy on the single written year (one-hot q), DEX (Rothe et al., ICCVW 2015), whose
           expected value is the estimate
 CutMix and MixUp mix the targets, not the losses: q = lam q_a + (1 - lam) q_b and age = lam a + (1 - lam) b.
@@ -87,15 +88,24 @@ def group_masses(probs: torch.Tensor, old_threshold: int = 60) -> torch.Tensor:
 
 
 def expected_age(probs: torch.Tensor) -> torch.Tensor:
-    """(N, 43) distribution over the years -> (N,) expected age."""
+    """(N, 43) distribution over the years -> (N,) expected age, in 18..60."""
     import torch
 
     bins = torch.arange(AGE_MIN, AGE_MAX + 1, dtype=probs.dtype, device=probs.device)
-    return probs @ bins
+    # clamped: with all its mass on 60, the float sum can come out at 60.000004, an age no bin holds
+    return (probs @ bins).clamp(AGE_MIN, AGE_MAX)
 
 
-def years_loss(logits: torch.Tensor, target: torch.Tensor, age: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-sample loss of (N, 43) age logits against a target distribution (N, 43) and target ages (N,)."""
+def years_loss(
+    logits: torch.Tensor, target: torch.Tensor, age: torch.Tensor, kind: str, sigma: float = DEFAULT_AGE_SIGMA
+) -> torch.Tensor:
+    """Per-sample loss of (N, 43) age logits against a target distribution (N, 43) and target ages (N,).
+
+    dldl's L1 term is the expectation's error divided by ``sigma``: the negative log-likelihood (less a constant)
+    of the written age under a Laplace of scale sigma around the expected age, so both terms are dimensionless.
+    In years, as DLDL-v2 writes it for a network that learns only age, it starts near 10 and swamped the mask
+    and gender heads that share the backbone (BENCHMARKS.md, "Age in years": mask F1 0.57 against 0.97).
+    """
     import torch.nn.functional as F
 
     log_p = F.log_softmax(logits.float(), dim=1)
@@ -106,7 +116,7 @@ def years_loss(logits: torch.Tensor, target: torch.Tensor, age: torch.Tensor, ki
         # KL(q || p) = cross entropy - entropy of q; the entropy is constant in the model, kept so a perfect
         # prediction scores 0 and the logged loss reads as a divergence.
         entropy = -(target * target.clamp_min(1e-12).log()).sum(dim=1)
-        return cross_entropy - entropy + (expected_age(log_p.exp()) - age).abs()
+        return cross_entropy - entropy + (expected_age(log_p.exp()) - age).abs() / sigma
     raise ValueError(f"unknown age loss {kind!r}; use one of: {', '.join(AGE_LOSSES)}")
 
 

@@ -2,6 +2,8 @@
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--resize", type=int, nargs="+", action=ExactlyN, metavar=("H", "W"))
+
+Every root script builds its parser this way, so --help reads alike everywhere.
 """
 
 from __future__ import annotations

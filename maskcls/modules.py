@@ -105,7 +105,7 @@ class YearsLoss(nn.Module):
         """The loss against the mixed target: lam of a's distribution and age, 1 - lam of b's (CutMix, MixUp)."""
         self._check(logits)
         target, age = mixed_targets(ages_a, ages_b, lam, self.sigma)
-        return years_loss(logits, target, age, self.kind).mean()
+        return years_loss(logits, target, age, self.kind, self.sigma).mean()
 
     def _check(self, logits: torch.Tensor) -> None:
         if logits.ndim != 2 or logits.shape[1] != self.num_classes:

@@ -64,3 +64,13 @@ def test_unknown_loss_is_refused():
         age.years_loss(
             torch.zeros(1, age.NUM_AGE_BINS), torch.ones(1, age.NUM_AGE_BINS) / 43, torch.tensor([30.0]), "l2"
         )
+
+
+def test_dldl_l1_term_is_in_units_of_sigma():
+    # the same prediction (all mass on 40) and target distribution, against a written 44: only the L1 term
+    # |40 - 44| / sigma depends on sigma, so sigma 2 against 4 differs by 4/2 - 4/4 = 1
+    logits = torch.full((1, age.NUM_AGE_BINS), -1e4)
+    logits[0, 40 - age.AGE_MIN] = 0.0
+    q = age.gaussian_targets(torch.tensor([44.0]), 2.0)
+    two, four = (age.years_loss(logits, q, torch.tensor([44.0]), "dldl", s) for s in (2.0, 4.0))
+    assert (two - four).item() == pytest.approx(1.0, abs=1e-4)

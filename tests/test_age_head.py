@@ -74,7 +74,7 @@ def test_a_mixed_batch_mixes_the_age_targets_and_the_other_heads_losses(kind):
         w * (lam * c(p, heads[0][k]) + (1 - lam) * c(p, heads[1][k]))
         for k, (w, c, p) in enumerate(zip((1.0, 0.5), mask_gender, parts))
     )
-    expected = expected + 2.0 * age.years_loss(parts[2], q, mixed_age, kind).mean()
+    expected = expected + 2.0 * age.years_loss(parts[2], q, mixed_age, kind, sigma).mean()
     assert torch.allclose(augment.mixed_loss(crit, logits, a, b, lam), expected)
     # dldl's age part is the loss of the mixed distribution, not the mix of the two losses (its L1 on the expected
     # age and the target's entropy are not linear in the target; dex's cross entropy is, so the two agree there)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,3 +150,19 @@ def test_crop_speed_quick(tmp_path, capsys):
     assert whole["agreement"]["mean_iou"] > 0.9 and whole["projected_real_s"]["project"] > 0
     assert "4 mtcnn" in whole["runs"]["project"][0]["summary"]
     assert 0 < whole["startup_s"]["baseline"] < whole["runs"]["baseline"][0]["seconds"]
+
+
+def test_age_years_counts_age_errors_by_written_age_band():
+    import age_years
+
+    from maskcls.labels import encode_label
+
+    # written ages 27, 31, 58, 60, 20; labelled groups 0, 1, 1, 2, 0; predicted 1, 1, 2, 2, 2
+    ages = np.array([27, 31, 58, 60, 20])
+    labels = np.array([encode_label(0, 1, a) for a in (0, 1, 1, 2, 0)])
+    preds = np.array([encode_label(0, 1, a) for a in (1, 1, 2, 2, 2)])
+    e = age_years.age_errors(labels, preds, ages)
+    assert (e["rows"], e["errors"], e["skip_a_group"]) == (5, 3, 1)  # the 20 read as >=60 skips a group
+    assert e["bands"]["26-29"] == {"rows": 1, "errors": 1} and e["bands"]["55-59"] == {"rows": 1, "errors": 1}
+    assert e["bands"]["30-33"] == {"rows": 1, "errors": 0} and e["bands"]["60+"] == {"rows": 1, "errors": 0}
+    assert e["bands"]["18-25"] == {"rows": 1, "errors": 1}

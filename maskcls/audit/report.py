@@ -2,6 +2,8 @@
 
     utils.atomic_write_csv(out / "label_audit.csv", AUDIT_COLUMNS, suspect_rows(suspects, table))
     write_sheet(out / SHEET, contact_sheet(suspects, table, image_root, top=50, failed=[]))
+
+audit_labels.py writes both files this way; maskcls.audit.scoring decides who is a suspect.
 """
 
 from __future__ import annotations

@@ -259,9 +259,7 @@ def swap_suspects(mask_p: np.ndarray, mask_y: np.ndarray, table: Table) -> list:
     for i in np.flatnonzero(flagged | (p_swapped > 0.5)):
         given = MASK_SWAP if given_swapped[i] else AS_NAMED
         suggested = AS_NAMED if given_swapped[i] else MASK_SWAP
-        looks = [
-            f"{STEMS[k]} looks {MASK_NAMES[mask_p[i, k].argmax()]} ({mask_p[i, k].max():.2f})" for k in (a, b)
-        ]
+        looks = [f"{STEMS[k]} looks {MASK_NAMES[mask_p[i, k].argmax()]} ({mask_p[i, k].max():.2f})" for k in (a, b)]
         evidence = f"p(swapped)={p_swapped[i]:.3f}: {', '.join(looks)}"
         value = None if given_swapped[i] else MASK_SWAP  # un-swapping = deleting the label_fixes line
         where = dict(path=table.folders[i], value=value, images=(a, b))
