@@ -113,20 +113,23 @@ class Startup:
 def take_back_name(run_dir: Path) -> str | None:
     """Delete ``run_dir`` if it holds a run that ended before its first checkpoint (runs.ended_before_checkpoint:
     nothing in it to resume or predict with), so that the retry takes its name, which the README's next steps
-    use; returns the error it had (None: the folder is left alone).
+    use; returns the error it had (None: the folder is left alone). Deleted by remove_run_dir."""
+    why = runs.ended_before_checkpoint(run_dir)
+    return why if why is not None and remove_run_dir(run_dir) else None
+
+
+def remove_run_dir(run_dir: Path) -> bool:
+    """Delete a run folder with nothing worth keeping; False when it was gone already (another process's).
 
     Renamed aside before the deletion, so that ``run_dir`` is never a half-deleted folder, and a second process
     doing the same at the same time finds it gone instead of deleting it under the first."""
-    why = runs.ended_before_checkpoint(run_dir)
-    if why is None:
-        return None
     doomed = run_dir.with_name(f".{run_dir.name}.deleting-{os.getpid()}")
     try:
         os.rename(run_dir, doomed)
     except OSError:  # gone already (the other process), or not ours to move
-        return None
+        return False
     shutil.rmtree(doomed, ignore_errors=True)
-    return why
+    return True
 
 
 # --------------------------------------------------------------------------- per-epoch files

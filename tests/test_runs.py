@@ -208,6 +208,9 @@ def test_a_run_that_ended_before_its_first_checkpoint_gives_its_name_back(tmp_pa
     assert artifacts.take_back_name(dead) == HUB_ERROR and not dead.exists()
     assert artifacts.take_back_name(tmp_path / "notes") is None and (tmp_path / "notes" / "notes.txt").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "nothing half-deleted is left"
+    # the sweep supervisor clears a run killed before its first checkpoint the same way
+    assert artifacts.remove_run_dir(tmp_path / "running") and not (tmp_path / "running").exists()
+    assert not artifacts.remove_run_dir(tmp_path / "running")  # gone already: another process's
 
 
 def test_a_missing_checkpoint_says_what_became_of_the_run(tmp_path):

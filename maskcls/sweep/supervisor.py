@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from maskcls.artifacts import remove_run_dir
 from maskcls.runs import lock_holder, read_summary, run_state
 from maskcls.sweep import queue
 from maskcls.sweep.plan import BASE_CONFIG, run_name, search_variant
@@ -191,7 +192,7 @@ def train_one(w: Worker, variant: dict, fold: int, seed: int, trial_id: int) -> 
         cmd = [*w.train_cmd, "--resume", str(run_dir)]
     else:
         if state == "fresh" and run_dir.exists():
-            shutil.rmtree(run_dir)  # killed before its first checkpoint: nothing to keep, and train.py needs the name
+            remove_run_dir(run_dir)  # killed before its first checkpoint: nothing to keep, and train.py needs the name
         cmd = [*w.train_cmd, "--config", str(w.sweep_dir / BASE_CONFIG), *variant["tokens"]]
         cmd += ["--fold", str(fold), "--seed", str(seed), "--output-dir", str(w.sweep_dir), "--name", name]
     if state != "finished":
