@@ -13,6 +13,7 @@ The two training losses, each of (logits, target distribution, target age) -> pe
                                            error in units of sigma (see years_loss)
     dex:  cross entropy on the single written year (one-hot q), DEX (Rothe et al., ICCVW 2015), whose
           expected value is the estimate
+    kl:   KL(q || p) alone, DLDL (Gao et al., IEEE TIP 2017): the label distribution without the L1 term
 CutMix and MixUp mix the targets, not the losses: q = lam q_a + (1 - lam) q_b and age = lam a + (1 - lam) b.
 """
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:  # torch is imported where used: train.py --help lists AGE_HEA
 AGE_MIN, AGE_MAX = 18, 60
 AGE_BINS = tuple(range(AGE_MIN, AGE_MAX + 1))
 NUM_AGE_BINS = len(AGE_BINS)
-AGE_LOSSES = ("dldl", "dex")
+AGE_LOSSES = ("dldl", "dex", "kl")
 DEFAULT_AGE_LOSS, DEFAULT_AGE_SIGMA = "dldl", 2.0  # train.py's --age-loss and --age-sigma
 AGE_HEADS = ("groups", "years")  # the multi head's age part: 3 group logits, or one logit per year of AGE_BINS
 
@@ -112,11 +113,11 @@ def years_loss(
     cross_entropy = -(target * log_p).sum(dim=1)
     if kind == "dex":
         return cross_entropy
-    if kind == "dldl":
+    if kind in ("dldl", "kl"):
         # KL(q || p) = cross entropy - entropy of q; the entropy is constant in the model, kept so a perfect
         # prediction scores 0 and the logged loss reads as a divergence.
-        entropy = -(target * target.clamp_min(1e-12).log()).sum(dim=1)
-        return cross_entropy - entropy + (expected_age(log_p.exp()) - age).abs() / sigma
+        kl = cross_entropy + (target * target.clamp_min(1e-12).log()).sum(dim=1)
+        return kl if kind == "kl" else kl + (expected_age(log_p.exp()) - age).abs() / sigma
     raise ValueError(f"unknown age loss {kind!r}; use one of: {', '.join(AGE_LOSSES)}")
 
 

@@ -93,7 +93,7 @@ class YearsLoss(nn.Module):
         super().__init__()
         if kind not in AGE_LOSSES or not sigma > 0:
             raise ValueError(f"age loss must be one of {', '.join(AGE_LOSSES)} with sigma > 0, got {kind} {sigma}")
-        self.kind, self.sigma = kind, float(sigma) if kind == "dldl" else 0.0
+        self.kind, self.sigma = kind, 0.0 if kind == "dex" else float(sigma)
         self.num_classes = NUM_AGE_BINS
 
     def forward(self, logits: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:

@@ -68,14 +68,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         *flags("--age-loss"),
         default=age.DEFAULT_AGE_LOSS,
         choices=age.AGE_LOSSES,
-        help="--age-head years: dldl = KL to a Gaussian around the written age + L1 of the expected age "
-        "(DLDL-v2); dex = cross entropy on the written year (DEX)",
+        help="--age-head years: dldl = KL to a Gaussian around the written age + L1 of the expected age in "
+        "units of --age-sigma (DLDL-v2); dex = cross entropy on the written year (DEX); kl = the KL alone (DLDL)",
     )
     g.add_argument(
         *flags("--age-sigma"),
         type=float,
         default=age.DEFAULT_AGE_SIGMA,
-        help="--age-loss dldl: the Gaussian's width in years",
+        help="--age-loss dldl or kl: the Gaussian's width in years",
     )
 
     g = parser.add_argument_group("data")

@@ -55,7 +55,7 @@ def test_losses_are_lowest_at_the_target(kind):
     exact = age.years_loss(torch.log(q.clamp_min(1e-12)), q, ages, kind)
     off = age.years_loss(torch.log(age.gaussian_targets(ages + 6, sigma).clamp_min(1e-12)), q, ages, kind)
     assert (off > exact).all() and exact.shape == (3,)
-    if kind == "dldl":
+    if kind != "dex":
         assert torch.allclose(exact, torch.zeros(3), atol=1e-3)  # KL 0 and the expectation on the age
 
 
@@ -74,3 +74,12 @@ def test_dldl_l1_term_is_in_units_of_sigma():
     q = age.gaussian_targets(torch.tensor([44.0]), 2.0)
     two, four = (age.years_loss(logits, q, torch.tensor([44.0]), "dldl", s) for s in (2.0, 4.0))
     assert (two - four).item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_kl_is_dldl_without_its_l1_term():
+    g = torch.Generator().manual_seed(0)
+    logits, ages = torch.randn(5, age.NUM_AGE_BINS, generator=g), torch.tensor([19.0, 29.0, 30.0, 58.0, 60.0])
+    q = age.gaussian_targets(ages, 2.0)
+    l1 = (age.expected_age(logits.softmax(1)) - ages).abs() / 2.0
+    kl, dldl = (age.years_loss(logits, q, ages, kind, 2.0) for kind in ("kl", "dldl"))
+    assert torch.allclose(kl + l1, dldl, atol=1e-5) and (kl >= -1e-6).all()

@@ -60,13 +60,13 @@ def _batch(n: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch
     return logits, torch.stack([classes, ages], dim=1), torch.randperm(n, generator=g)
 
 
-@pytest.mark.parametrize("kind", ["dldl", "dex"])
+@pytest.mark.parametrize("kind", age.AGE_LOSSES)
 def test_a_mixed_batch_mixes_the_age_targets_and_the_other_heads_losses(kind):
     logits, targets, perm = _batch()
     a, b, lam = targets, targets[perm], 0.3
     crit = losses.build_loss("focal", head="multi", head_weights=(1.0, 0.5, 2.0), age_head="years", age_loss=kind)
     mask_gender = losses.build_loss("focal", head="multi").criteria[:2]
-    sigma = 2.0 if kind == "dldl" else 0.0
+    sigma = 0.0 if kind == "dex" else 2.0
     q, mixed_age = age.mixed_targets(a[:, 1], b[:, 1], lam, sigma)
     parts = torch.split(logits, (3, 2, 43), dim=1)
     heads = [(t // 6, (t // 3) % 2) for t in (a[:, 0], b[:, 0])]
@@ -76,8 +76,8 @@ def test_a_mixed_batch_mixes_the_age_targets_and_the_other_heads_losses(kind):
     )
     expected = expected + 2.0 * age.years_loss(parts[2], q, mixed_age, kind, sigma).mean()
     assert torch.allclose(augment.mixed_loss(crit, logits, a, b, lam), expected)
-    # dldl's age part is the loss of the mixed distribution, not the mix of the two losses (its L1 on the expected
-    # age and the target's entropy are not linear in the target; dex's cross entropy is, so the two agree there)
+    # dldl's and kl's age part is the loss of the mixed distribution, not the mix of the two losses (the L1 on the
+    # expected age and the target's entropy are not linear in the target; dex's cross entropy is, so the two agree)
     years = crit.criteria[2]
     mixed_losses = lam * years(parts[2], a[:, 1]) + (1 - lam) * years(parts[2], b[:, 1])
     assert torch.allclose(years.mixed(parts[2], a[:, 1], b[:, 1], lam), mixed_losses) == (kind == "dex")
