@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -378,3 +379,10 @@ def print_offsets(info: dict, offsets: np.ndarray) -> None:
             f"  cross-fitted estimate (fit on half of the persons, scored on the other half, both ways): macro F1 "
             f"{cf['f1_argmax']:.4f} -> {cf['f1_offsets']:.4f} ({cf['gain']:+.4f})"
         )
+        if cf["gain"] <= 0:  # the in-sample gain is never negative: only the held-out half can say this
+            print(
+                f"warning: --offsets auto: on held-out persons the offsets lost {cf['gain']:+.4f} macro F1 (they fit "
+                f"these {info['persons']} persons, not new ones); the submission uses them as asked, drop "
+                "--offsets auto to keep the plain soft vote",
+                file=sys.stderr,
+            )

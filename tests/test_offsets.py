@@ -182,3 +182,17 @@ def test_full_size_fit_finishes():
 def test_format_offsets():
     text = format_offsets([0.5, -0.25], ["a", "bb"])
     assert text.splitlines() == ["  0  a   +0.500", "  1  bb  -0.250"]
+
+
+@pytest.mark.parametrize("gain", [-0.02, 0.0, 0.01])
+def test_a_cross_fitted_loss_is_warned_about(gain, capsys):
+    from maskcls.labels import class_names
+    from maskcls.oof import print_offsets
+
+    metrics = {"f1": 0.8, "acc": 0.8}
+    info = {"rows": 70, "persons": 10, "classes": class_names(), "oof_metrics_before": metrics}
+    info |= {"oof_metrics_after": metrics, "cross_fit": {"f1_argmax": 0.8, "f1_offsets": 0.8 + gain, "gain": gain}}
+    print_offsets(info, np.zeros(18))
+    err = capsys.readouterr().err
+    assert ("warning: --offsets auto: on held-out persons the offsets lost" in err) == (gain <= 0)
+    assert len(err.strip().splitlines()) == (gain <= 0)
