@@ -1,4 +1,4 @@
-"""python bench/age_years.py --sweep runs/age24b --data-dir data      # after sweep.py (issue 24's head sweep)
+"""python bench/age_years.py --sweep runs/age24b --data-dir data --versus age-head-groups   # after sweep.py
 
 Where the age errors fall, per variant of a sweep: every run's out-of-fold rows (valid_preds.csv) pooled per
 variant, with
@@ -7,7 +7,9 @@ variant, with
   two boundaries (26-29 and 30-33 beside 30, 55-59 beside 60), and how many skip a group (<30 read as >=60 or
   the reverse);
 - for years-head runs, the expected age's mean absolute difference to the written age (ages clamped to 18..60,
-  the head's range).
+  the head's range);
+- with ``--versus NAME``: every variant against that one (not only against the base, as the verdict does), by
+  the verdict's own paired bootstrap over validation persons and seeds (maskcls.bootstrap).
 Prints one table and writes bench/out/age_years.json.
 """
 
@@ -22,9 +24,11 @@ from pathlib import Path
 import numpy as np
 from common import OUT, REPO, args_json, write_results
 
+from maskcls.bootstrap import paired_bootstrap, verdict_of
 from maskcls.labels import decode_label
 from maskcls.metrics import classification_metrics
 from maskcls.runs import is_finished, load_oof_member
+from maskcls.sweep.verdict import load_run, paired_fold
 from maskcls.tables import read_persons
 
 BANDS = ((18, 25), (26, 29), (30, 33), (34, 54), (55, 59), (60, 200))  # written ages, both ends included
@@ -70,6 +74,21 @@ def pooled(runs: list[Path], written: dict[str, int]) -> dict:
     return report
 
 
+def versus(runs: dict[str, list[Path]], name: str, ref: str, replicates: int = 1000) -> dict:
+    """Paired bootstrap of variant ``name`` against ``ref`` on the (fold, seed) pairs both finished."""
+    by_key = {v: {RUN_NAME.match(r.name).group("fold", "seed"): r for r in runs[v]} for v in (name, ref)}
+    paired = []
+    for fold in sorted({k[0] for k in by_key[ref]} & {k[0] for k in by_key[name]}):
+        keys = sorted(k for k in by_key[ref] if k[0] == fold and k in by_key[name])
+        ref_runs, mine = ([load_run(by_key[v][k]) for k in keys] for v in (ref, name))
+        paired.append(paired_fold(ref_runs, mine, f"{name} against {ref}, fold {fold}"))
+    stats = paired_bootstrap(paired, replicates=replicates, seed=0)
+    return {
+        **{k: stats[k] for k in ("delta", "low", "high", "pairs")},
+        "verdict": verdict_of(stats["low"], stats["high"]),
+    }
+
+
 def print_table(report: dict[str, dict]) -> None:
     bands = [band_name(lo, hi) for lo, hi in BANDS]
     print("| variant | runs | F1 | mask / gender / age | age errors (rows) | " + " | ".join(bands) + " | skip | MAE |")
@@ -90,14 +109,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweep", type=Path, required=True, help="a sweep.py folder (runs named VARIANT_fK_sS)")
     parser.add_argument("--data-dir", type=Path, required=True, help="the data the sweep trained on")
+    parser.add_argument("--versus", metavar="NAME", help="also compare every variant with this one (paired bootstrap)")
     parser.add_argument("--out", type=Path, default=OUT, help="where age_years.json goes")
     return parser
 
 
 def main(args: argparse.Namespace) -> dict:
     written = {p.id: p.age for p in read_persons(args.data_dir)}
-    report = {name: pooled(runs, written) for name, runs in variant_runs(args.sweep).items()}
+    runs = variant_runs(args.sweep)
+    report = {name: pooled(found, written) for name, found in runs.items()}
     print_table(report)
+    for name in (n for n in runs if args.versus and n != args.versus):
+        report[name]["versus"] = {args.versus: versus(runs, name, args.versus)}
+        v = report[name]["versus"][args.versus]
+        print(f"{name} - {args.versus}: {v['delta']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}] {v['verdict']}")
     write_results(args.out, "age_years", {"args": args_json(args), "variants": report})
     return report
 
