@@ -86,7 +86,7 @@ def decode_targets(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
 
 
 class YearsLoss(nn.Module):
-    """The years head's loss: age.years_loss of ``kind`` (dldl, dex) averaged over the batch, on (N, 43) logits
+    """The years head's loss: age.years_loss of ``kind`` (dldl, dex, kl) averaged over the batch, on (N, 43) logits
     against the written ages (N,), their target a Gaussian of ``sigma`` years (dex: the one-hot year)."""
 
     def __init__(self, kind: str = DEFAULT_AGE_LOSS, sigma: float = DEFAULT_AGE_SIGMA):

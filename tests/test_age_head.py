@@ -144,7 +144,7 @@ def recipe(tmp_path_factory) -> dict:
 def test_a_years_run_describes_itself_and_writes_its_ages(recipe):
     fold = recipe["folds"][0]
     meta = torch.load(fold / "best.pt", map_location="cpu", weights_only=True)["meta"]
-    assert (meta["head"], meta["age_head"], meta["age_loss"], meta["age_sigma"]) == ("multi", "years", "dldl", 2.0)
+    assert (meta["head"], meta["age_head"], meta["age_loss"], meta["age_sigma"]) == ("multi", "years", "kl", 2.0)
     assert meta["old_threshold"] == 58
     rows = read_rows(fold / "valid_preds.csv")
     assert list(rows[0])[-1] == "age_years" and len(rows) == 35
