@@ -7,7 +7,7 @@
     group_masses(p, old_threshold=60)      # (N, 3): mass in <30, 30..59, >=60: the age group probabilities
     expected_age(p)                        # (N,) the expected age in years
 
-The two training losses, each of (logits, target distribution, target age) -> per-sample loss:
+The three training losses, each of (logits, target distribution, target age) -> per-sample loss:
     dldl: KL(q || p) + |E[p] - age| / sigma DLDL-v2 (Gao et al., IJCAI 2018): a label distribution plus the
                                            expectation's error, so a 58 is near a 60 and far from an 18; the
                                            error in units of sigma (see years_loss)
