@@ -30,6 +30,7 @@ from maskcls.metrics import classification_metrics
 from maskcls.runs import is_finished, load_oof_member
 from maskcls.sweep.verdict import load_run, paired_fold
 from maskcls.tables import read_persons
+from maskcls.utils import UserError
 
 BANDS = ((18, 25), (26, 29), (30, 33), (34, 54), (55, 59), (60, 200))  # written ages, both ends included
 RUN_NAME = re.compile(r"^(?P<variant>.+)_f(?P<fold>\d+)_s(?P<seed>\d+)$")  # sweep.py's run names
@@ -117,6 +118,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> dict:
     written = {p.id: p.age for p in read_persons(args.data_dir)}
     runs = variant_runs(args.sweep)
+    if not runs or (args.versus and args.versus not in runs):
+        found = ", ".join(runs) or "none"
+        raise UserError(
+            f"{args.sweep}: no finished runs of {args.versus or 'any variant'} (found: {found}); check --sweep"
+        )
     report = {name: pooled(found, written) for name, found in runs.items()}
     print_table(report)
     for name in (n for n in runs if args.versus and n != args.versus):
