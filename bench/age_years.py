@@ -10,7 +10,8 @@ variant, with
   the head's range);
 - with ``--versus NAME``: every variant against that one (not only against the base, as the verdict does), by
   the verdict's own paired bootstrap over validation persons and seeds (maskcls.bootstrap).
-Prints one table and writes bench/out/age_years.json.
+Prints one table and writes bench/out/age_years.json. Any folder of runs named like a sweep's works too: link
+5-fold runs in as groups_f0_s42 ... and kl_f4_s43 to compare two recipes on every fold.
 """
 
 from __future__ import annotations
@@ -108,7 +109,12 @@ def print_table(report: dict[str, dict]) -> None:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sweep", type=Path, required=True, help="a sweep.py folder (runs named VARIANT_fK_sS)")
+    parser.add_argument(
+        "--sweep",
+        type=Path,
+        required=True,
+        help="a sweep.py folder, or any folder of runs (or links to them) named VARIANT_fK_sS",
+    )
     parser.add_argument("--data-dir", type=Path, required=True, help="the data the sweep trained on")
     parser.add_argument("--versus", metavar="NAME", help="also compare every variant with this one (paired bootstrap)")
     parser.add_argument("--out", type=Path, default=OUT, help="where age_years.json goes")

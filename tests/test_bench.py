@@ -166,3 +166,24 @@ def test_age_years_counts_age_errors_by_written_age_band():
     assert e["bands"]["26-29"] == {"rows": 1, "errors": 1} and e["bands"]["55-59"] == {"rows": 1, "errors": 1}
     assert e["bands"]["30-33"] == {"rows": 1, "errors": 0} and e["bands"]["60+"] == {"rows": 1, "errors": 0}
     assert e["bands"]["18-25"] == {"rows": 1, "errors": 1}
+
+
+def test_age_years_reads_linked_runs_by_variant(tmp_path):
+    """Any folder of VARIANT_fK_sS runs, or links to them, is a sweep to age_years: finished runs only."""
+    import age_years
+
+    from maskcls.runs import FINISHED, SUMMARY, VALID_PREDS
+
+    store, cmp = tmp_path / "store", tmp_path / "cmp"
+    cmp.mkdir()
+    for name, status in (("a", FINISHED), ("b", FINISHED), ("c", "running")):
+        run = store / name
+        run.mkdir(parents=True)
+        (run / SUMMARY).write_text(json.dumps({"status": status, "best": {"valid_f1": 0.5}}))
+        (run / VALID_PREDS).write_text("")
+    (cmp / "kl_f2_s42").symlink_to(store / "a")
+    (cmp / "groups_f2_s42").symlink_to(store / "b")
+    (cmp / "groups_f3_s42").symlink_to(store / "c")  # not finished: left out
+    (cmp / "notes").mkdir()  # not a run name: left out
+    runs = age_years.variant_runs(cmp)
+    assert {k: [p.name for p in v] for k, v in runs.items()} == {"groups": ["groups_f2_s42"], "kl": ["kl_f2_s42"]}
